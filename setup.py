@@ -1,0 +1,33 @@
+"""Installs anon_jax: privacy-preserving person re-identification in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="anon_jax",
+    version="0.1.0",
+    description="Privacy-preserving person re-identification (event and image anonymization) in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["anon_jax", "anon_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.11",
+        "numpy>=1.26",
+        "tensorflow-datasets>=4.9",
+        "array_record>=0.5",
+        "ml-collections>=0.1.1",
+        "clu>=0.0.12",
+        # clu's metric writers and periodic actions import TensorFlow and TensorBoard.
+        "tensorflow-cpu>=2.16",
+        "tensorboard>=2.16",
+        "absl-py",
+        "pillow",
+    ],
+    extras_require={
+        # torch is pinned to the CPU build available offline; it is used by parity tests only.
+        "test": ["pytest>=7", "torch==2.13.0"],
+    },
+)
