@@ -18,6 +18,8 @@ setuptools.setup(
         "numpy>=1.26",
         "tensorflow-datasets>=4.9",
         "array_record>=0.5",
+        # tfds 4.9 imports importlib_resources when building a dataset on any Python version.
+        "importlib_resources",
         "ml-collections>=0.1.1",
         "clu>=0.0.12",
         # clu's metric writers and periodic actions import TensorFlow and TensorBoard.

@@ -1,0 +1,1 @@
+"""Datasets, preparation tools, TFDS builders and host-side input pipelines."""
