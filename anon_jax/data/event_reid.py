@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import pathlib
 import re
-import secrets
 import shutil
 import sys
 import time
@@ -28,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from anon_jax import events
+from anon_jax.files import atomic_target
 
 logger = logging.getLogger(__name__)
 
@@ -268,22 +268,10 @@ def _collect_chunks(chunk_dir: pathlib.Path) -> dict[tuple[str, int], list[tuple
     return groups
 
 
-@contextlib.contextmanager
-def _atomic_target(path: pathlib.Path):
-    """Yields a temporary sibling of `path` to write; it replaces `path` only if the block succeeds."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_list_file(path: str | os.PathLike, entries: Iterable[tuple[str, str]]) -> None:
     """Writes `<relpath> <label>` lines atomically."""
     path = pathlib.Path(path)
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         tmp.write_text("".join(f"{rel} {label}\n" for rel, label in entries))
 
 
@@ -337,7 +325,7 @@ def split_dataset(
     for list_name, sub, entries in (("train", "train", train), ("query", "test", query),
                                     ("gallery", "test", gallery)):
         for path, identity in entries:
-            with _atomic_target(out_dir / sub / path.name) as tmp:
+            with atomic_target(out_dir / sub / path.name) as tmp:
                 shutil.copyfile(path, tmp)
             lists[list_name].append((f"{sub}/{path.name}", identity))
         write_list_file(out_dir / f"{list_name}_list.txt", lists[list_name])
@@ -433,7 +421,7 @@ def _cache_path(cache_dir: pathlib.Path, list_path: pathlib.Path, entries: Seque
 
 def _save_npz_atomic(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_target(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no '.npz'
+    with atomic_target(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no '.npz'
         np.savez(f, **arrays)
 
 

@@ -7,11 +7,11 @@ Timestamps keep the file's unit and are parsed and written so that float64 value
 from __future__ import annotations
 
 import os
-import secrets
 import warnings
 
 import numpy as np
 
+from anon_jax.files import atomic_target
 from anon_jax.events.stream import EventFormatError, EventStream, check_sensor_size, find_invalid_event
 
 _COLUMNS = "t x y p"
@@ -111,20 +111,9 @@ def write_event_text(path, stream: EventStream, *, header: bool) -> None:
 
     Timestamps use Python's shortest round-trip repr, so reading the file back gives the same float64 values.
     """
-    path = os.fspath(path)
-    directory, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     rows = (f"{t!r} {x} {y} {p}\n" for t, x, y, p in zip(
         stream.t.tolist(), stream.x.tolist(), stream.y.tolist(), stream.p.tolist()))
-    try:
-        with open(temporary, "x", encoding="utf-8") as file:
-            if header:
-                file.write(f"{stream.width} {stream.height}\n")
-            file.writelines(rows)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    with atomic_target(path) as temporary, open(temporary, "x", encoding="utf-8") as file:
+        if header:
+            file.write(f"{stream.width} {stream.height}\n")
+        file.writelines(rows)
