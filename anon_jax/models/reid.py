@@ -12,12 +12,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-# PyTorch BatchNorm: running = (1 - 0.1) * running + 0.1 * batch, eps 1e-5. Flax's momentum is the
-# weight on the old value, so 0.9. One known difference stays: Flax blends the biased batch variance into
-# the running variance, PyTorch the unbiased one, (n - 1) / n smaller for n values per channel. Negligible
-# for convolutions (n = batch * H * W); for the ClassBlock BatchNorm1d at the paper's batch 8 it is 7/8.
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
+from anon_jax.models.layers import BatchNorm
+
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu"): untruncated N(0, 2 / fan_out).
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -30,10 +26,8 @@ class ReIdNetworkError(ValueError):
     """A ReId network was configured with values it cannot be built from."""
 
 
-def _batch_norm(train: bool, dtype: Any, name: str, **kwargs) -> nn.BatchNorm:
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, name=name, **kwargs
-    )
+def _batch_norm(train: bool, dtype: Any, name: str, **kwargs) -> BatchNorm:
+    return BatchNorm(use_running_average=not train, dtype=dtype, name=name, **kwargs)
 
 
 def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
