@@ -27,6 +27,7 @@ setuptools.setup(
         "tensorboard>=2.16",
         "absl-py",
         "pillow",
+        "matplotlib",
     ],
     extras_require={
         # torch is pinned to the CPU build available offline; it is used by parity tests only.

@@ -6,6 +6,10 @@ import pathlib
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Compilation dominates the suite on CPU: share compiled programs between tests and the subprocesses they
+# start (set before JAX is imported; subprocesses inherit the environment).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".jax_cache"))
 SHARED_DATA = pathlib.Path(os.environ.get("ANON_JAX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 

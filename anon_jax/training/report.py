@@ -1,4 +1,4 @@
-"""The one report writer every method uses: `report.json`, `report.md` and `metrics.json` in the workdir."""
+"""The one report writer every method uses: `report.json`, `report.md`, `metrics.json` and PNG figures."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import json
 import os
 
 import jax
+import matplotlib
 
-from anon_jax.files import atomic_write_text
+matplotlib.use("Agg")  # files only; no display is needed or wanted
+from matplotlib import pyplot as plt  # noqa: E402
+
+from anon_jax.files import atomic_target, atomic_write_text
 
 
 def _markdown_table(rows: dict[str, dict[str, float]]) -> str:
@@ -23,15 +27,34 @@ def _format(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def write_report(workdir: str, *, title: str, metrics: dict[str, dict[str, float]], details: dict) -> dict:
+def plot_curves(path: str, curves: dict[str, list[float]], *, title: str, xlabel: str, ylabel: str) -> None:
+    """One line per named curve (x = 1, 2, ...), saved as a PNG atomically."""
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, values in curves.items():
+        axes.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(0, 1.02))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_target(path) as tmp, open(tmp, "wb") as f:
+        figure.savefig(f, format="png")
+    plt.close(figure)
+
+
+def write_report(workdir: str, *, title: str, metrics: dict[str, dict[str, float]], details: dict,
+                 cmc_curves: dict[str, list[float]] | None = None) -> dict:
     """Writes the report files (process 0 only) and returns the report dictionary.
 
     `metrics` maps a row name (e.g. "embed / standard AP") to its scalar metrics; `details` holds
-    everything else worth keeping (config summary, dataset sizes, timings).
+    everything else worth keeping (config summary, dataset sizes, timings); `cmc_curves` (row name ->
+    CMC values at ranks 1..k) become `cmc.png`.
     """
     report = {"title": title, "metrics": metrics, "details": details}
     if jax.process_index() != 0:
         return report
+    if cmc_curves:
+        plot_curves(os.path.join(workdir, "cmc.png"), cmc_curves, title=title, xlabel="rank", ylabel="matching rate")
+        report["figures"] = ["cmc.png"]
     atomic_write_text(os.path.join(workdir, "report.json"), json.dumps(report, indent=2, sort_keys=True))
     atomic_write_text(os.path.join(workdir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True))
     detail_lines = [f"- **{k}**: {v}" for k, v in sorted(details.items())]

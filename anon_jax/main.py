@@ -1,0 +1,63 @@
+"""Entry point: `python -m anon_jax.main --config=configs/<experiment>.py[:variant] --workdir=DIR`.
+
+Runs the method named by `config.method` end to end in the workdir; rerunning the same command
+resumes from the last checkpoint and skips finished stages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from anon_jax.files import atomic_write_text
+from anon_jax.training.loop import Preempted
+
+METHODS = {
+    "reid_baseline": "anon_jax.methods.reid_baseline",
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, data caches and the report.")
+config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/eventreid_baseline.py.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def maybe_initialize_distributed() -> None:
+    """Joins a multi-host job when launched as one (coordinator set in the environment); no-op otherwise."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS", "1") != "1":
+        jax.distributed.initialize()
+
+
+def method_module(name: str):
+    if name not in METHODS:
+        raise ValueError(f"config.method={name!r} is unknown; choose one of {sorted(METHODS)}.")
+    return importlib.import_module(METHODS[name])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    maybe_initialize_distributed()
+    config = FLAGS.config
+    workdir = os.path.abspath(FLAGS.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    logging.info("JAX %s on %d %s device(s), process %d of %d", jax.__version__, jax.device_count(),
+                 jax.default_backend(), jax.process_index(), jax.process_count())
+    if jax.process_index() == 0:
+        atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
+    try:
+        report = method_module(config.method).train_and_evaluate(config, workdir)
+    except Preempted as stop:
+        logging.warning("%s", stop)
+        sys.exit(143)
+    print(json.dumps(report.get("metrics", report), indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,103 @@
+"""ReId on raw (not anonymised) event voxel grids: the "no anonymization" upper bound of ICCV 2023.
+
+Variants: default = the embedded synthetic dataset at a CPU-friendly size; `:smoke` = every stage on
+tiny data in about a minute (tests); `:paper` = the published settings (ResNet-50, 5 bins, 384x192,
+batch 8, SGD Nesterov schedule over 60 epochs) for the real Event-ReId data on an accelerator.
+"""
+
+import ml_collections
+
+from anon_jax.data import synthetic
+
+
+def get_config(arg=None):
+    variant = arg or "default"
+    if variant not in ("default", "smoke", "paper"):
+        raise ValueError(f"Unknown variant {variant!r}; use '', ':smoke' or ':paper'.")
+    config = ml_collections.ConfigDict()
+    config.method = "reid_baseline"  # anon_jax.methods registry key
+    config.seed = 0  # seeds parameters, sampling, augmentation and the query draw
+    config.mesh_shape = (-1,)  # devices per mesh axis ("data", ["model"]); -1 = all devices
+
+    config.data = data = ml_collections.ConfigDict()
+    data.name = "synthetic"  # "synthetic" (embedded, generated in the workdir) or "event_reid" (real data)
+    data.root = ""  # event_reid: folder with list files + chunks, or the raw <ID>/<camXX>/events.txt tree
+    data.num_bins = 5  # voxel-grid time bins (5 in the paper)
+    data.height = 96  # voxel height after the nearest resize (384 in the paper)
+    data.width = 48  # voxel width after the nearest resize (192 in the paper)
+    data.partition_mode = "time"  # raw streams: cut chunks by constant "time" or constant "count"
+    data.chunk_duration = 33300.0  # constant-time chunk length in timestamp units (synthetic: microseconds)
+    data.chunk_count = 5000  # constant-count chunk size in events
+    data.gallery_every = 5  # every n-th test chunk goes to the gallery (official protocol)
+    data.query_seed = 0  # seed of the random query chunk per (identity, camera)
+    data.synthetic = synthetic.default_synthetic_config()  # generator settings (fields documented there)
+
+    config.model = model = ml_collections.ConfigDict()
+    model.depth = 18  # ResNet depth: 18, 34 or 50
+    model.width = 32  # channels of the first ResNet stage (64 in torchvision)
+    model.last_stride = 1  # stride of the last ResNet stage (1 as in the paper)
+    model.head = "classblock"  # "classblock" (paper: Linear-BN-LeakyReLU-Linear) or "bnneck"
+    model.embed_dim = 256  # ClassBlock bottleneck size (the "embed" feature)
+
+    config.loss = loss = ml_collections.ConfigDict()
+    loss.label_smoothing = 0.1  # cross-entropy label smoothing (0 in the paper)
+    loss.triplet_weight = 0.0  # weight of the batch-hard triplet loss on the embed feature
+    loss.triplet_margin = 0.3  # triplet margin; None for the soft margin
+
+    config.train = train = ml_collections.ConfigDict()
+    train.batch_size = 32  # global batch size (split over the devices)
+    train.num_epochs = 12  # passes over the training chunks
+    train.sampler = "shuffle"  # "shuffle" (random order) or "pk" (P identities x K instances)
+    train.pk_instances = 4  # K of the P x K sampler
+    train.random_flip = True  # horizontal flip augmentation (the original uses none)
+    train.log_every_steps = 50  # console and TensorBoard logging interval
+    train.checkpoint_every_steps = 200  # periodic checkpoint interval
+    train.max_checkpoints_to_keep = 2  # older checkpoints are deleted
+
+    config.optimizer = opt = ml_collections.ConfigDict()
+    opt.name = "sgd"  # "sgd", "adam" or "adamw"
+    opt.learning_rate = 0.05  # base (head) learning rate
+    opt.momentum = 0.9  # SGD momentum
+    opt.nesterov = True  # Nesterov momentum (paper)
+    opt.weight_decay = 5e-4  # L2 weight decay added to the gradient (paper)
+    opt.schedule = "cosine"  # "constant", "cosine" or "piecewise_epochs"
+    opt.warmup_steps = 100  # linear warm-up steps
+    opt.boundaries_epochs = (40, 50)  # piecewise_epochs: epochs where the learning rate is multiplied
+    opt.decay_factors = (0.2, 0.1)  # piecewise_epochs: the multipliers (0.05 -> 0.01 -> 0.001)
+    opt.head_lr_multiplier = 1.0  # learning-rate multiplier of the classifier head
+    opt.backbone_lr_multiplier = 1.0  # learning-rate multiplier of the backbone (paper: 0.1)
+
+    config.eval = ev = ml_collections.ConfigDict()
+    ev.batch_size = 64  # evaluation batch size
+    ev.max_rank = 10  # CMC ranks reported
+    ev.feature = "embed"  # descriptor reported as the headline: "embed" (256-d) or "pool5"
+
+    if variant == "smoke":
+        data.height, data.width = 32, 16
+        data.synthetic.num_identities = 6
+        data.synthetic.num_cameras = 2
+        data.synthetic.duration_s = 0.4
+        data.synthetic.height, data.synthetic.width = 64, 32
+        model.width = 8
+        model.embed_dim = 32
+        train.batch_size = 8
+        train.num_epochs = 2
+        train.log_every_steps = 5
+        train.checkpoint_every_steps = 10
+        opt.warmup_steps = 5
+        ev.batch_size = 16
+    elif variant == "paper":
+        data.name = "event_reid"
+        data.height, data.width = 384, 192
+        model.depth = 50
+        model.width = 64
+        loss.label_smoothing = 0.0
+        train.batch_size = 8
+        train.num_epochs = 60
+        train.random_flip = False
+        train.log_every_steps = 100
+        train.checkpoint_every_steps = 1000
+        opt.schedule = "piecewise_epochs"
+        opt.warmup_steps = 0
+        opt.backbone_lr_multiplier = 0.1
+    return config
