@@ -16,6 +16,7 @@ SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 4, jax.devices()
     config = experiment.get_config("smoke")
     config.train.random_flip = False
+    config.loss.triplet_weight = 1.0  # exercise the triplet path too
     model = reid_models.build_reid_network(config.model, num_classes=3)
     tx, _ = optim.make_optimizer(config.optimizer, num_steps=10, steps_per_epoch=5)
     rng = np.random.default_rng(0)
@@ -28,7 +29,9 @@ SCRIPT = textwrap.dedent("""
         state = reid_baseline.create_state(model, tx, (32, 16, 5), jax.random.key(0))
         state = mesh_lib.replicate(state, mesh)
         new_state, metrics = jax.jit(step)(state, mesh_lib.shard_batch(batch, mesh))
-        results.append((float(metrics.compute()["loss"]), jax.device_get(new_state["reid"])))
+        computed = metrics.compute()
+        assert float(computed["triplet"]) > 0, computed
+        results.append((float(computed["loss"]), jax.device_get(new_state["reid"])))
     (loss1, reid1), (loss4, reid4) = results
     print("losses", loss1, loss4)
     np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
