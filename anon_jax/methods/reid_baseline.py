@@ -212,11 +212,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "checkpoint_dir": checkpoints.directory}
 
     train_info = run_stage(workdir, "train", train_stage)
-    if int(jax.device_get(state["step"])) != num_steps:  # the train stage was finished by an earlier run
-        state = Checkpoints(train_info["checkpoint_dir"]).restore_or(state)
 
     def evaluate_stage(stage_dir):
         del stage_dir
+        nonlocal state
+        if int(jax.device_get(state["step"])) != num_steps:  # the train stage was finished by an earlier run
+            checkpoints = Checkpoints(train_info["checkpoint_dir"])
+            state = checkpoints.restore_or(state)
+            checkpoints.close()
         variables = {"params": state["reid"]["params"], "batch_stats": state["reid"]["batch_stats"]}
         feature_fn = jax.jit(make_feature_fn(model))
         query, gallery = splits["query"], splits["gallery"]
