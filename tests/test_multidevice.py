@@ -17,6 +17,7 @@ SCRIPT = textwrap.dedent("""
     config = experiment.get_config("smoke")
     config.train.random_flip = False
     config.loss.triplet_weight = 1.0  # exercise the triplet path too
+    config.optimizer.warmup_steps = 0  # a real parameter update in the first step
     model = reid_models.build_reid_network(config.model, num_classes=3)
     tx, _ = optim.make_optimizer(config.optimizer, num_steps=10, steps_per_epoch=5)
     rng = np.random.default_rng(0)
@@ -27,6 +28,7 @@ SCRIPT = textwrap.dedent("""
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = Mesh(np.array(devices), (mesh_lib.DATA_AXIS,))
         state = reid_baseline.create_state(model, tx, (32, 16, 5), jax.random.key(0))
+        init_params = jax.device_get(state["reid"]["params"])
         state = mesh_lib.replicate(state, mesh)
         new_state, metrics = jax.jit(step)(state, mesh_lib.shard_batch(batch, mesh))
         computed = metrics.compute()
@@ -35,7 +37,12 @@ SCRIPT = textwrap.dedent("""
     (loss1, reid1), (loss4, reid4) = results
     print("losses", loss1, loss4)
     np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), reid1, reid4)
+    # Per-device BatchNorm statistics (batch 2 each) would change the loss by far more than these tolerances;
+    # what remains is float32 summation order (running means near zero are the least exact).
+    for a, b in zip(jax.tree_util.tree_leaves(reid1), jax.tree_util.tree_leaves(reid4)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()), reid1["params"], init_params)
+    assert max(jax.tree_util.tree_leaves(moved)) > 1e-3, "the step did not update the parameters"
     print("OK")
 """)
 

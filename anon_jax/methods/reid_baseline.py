@@ -240,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return rows
 
     evaluated = run_stage(workdir, "evaluate", evaluate_stage)
-    rows = {name: {k: v for k, v in values.items() if k != "cmc"} for name, values in evaluated.items()}
+    rows = {name: {k: values[k] for k in ("rank1", "rank5", "rank10", "mAP")} for name, values in evaluated.items()}
     curves = {name: values["cmc"] for name, values in evaluated.items() if "trapezoid" not in name}
     headline = rows[f"{config.eval.feature} / standard AP"]
     for name, values in rows.items():

@@ -15,7 +15,7 @@ from anon_jax.files import atomic_target, atomic_write_text
 
 
 def _markdown_table(rows: dict[str, dict[str, float]]) -> str:
-    columns = sorted({c for row in rows.values() for c in row})
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))  # first-seen order
     lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in rows.items():
         cells = [_format(row[c]) if c in row else "" for c in columns]
