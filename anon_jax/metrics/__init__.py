@@ -1,1 +1,1 @@
-"""Evaluation metrics: ReId retrieval (CMC, mAP)."""
+"""Evaluation metrics: ReId retrieval (CMC, mAP) and image quality (SSIM, PSNR, MSE)."""

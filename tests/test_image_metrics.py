@@ -1,0 +1,140 @@
+"""SSIM / PSNR / MSE: hand-computed cases and parity with an independent float64 PyTorch transcription of the
+torchmetrics 0.11.0 SSIM (reflect pad 5, 2-D Gaussian depthwise conv, crop 5, batch-wide data range)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anon_jax.metrics.image import ImageShapeError, mse, psnr, ssim, ssim_gaussian_1d
+
+
+def torch_ssim_reference(preds: torch.Tensor, target: torch.Tensor, data_range=None) -> torch.Tensor:
+    """Per-image SSIM of NCHW tensors following torchmetrics 0.11.0 step by step."""
+    if data_range is None:
+        data_range = max(preds.max() - preds.min(), target.max() - target.min())
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    channels = preds.shape[1]
+    dist = torch.arange(-5, 6, dtype=preds.dtype)
+    gauss = torch.exp(-((dist / 1.5) ** 2) / 2)
+    gauss = (gauss / gauss.sum())[None]
+    kernel = (gauss.t() @ gauss).expand(channels, 1, 11, 11)
+    preds = F.pad(preds, (5, 5, 5, 5), mode="reflect")
+    target = F.pad(target, (5, 5, 5, 5), mode="reflect")
+    stacked = torch.cat((preds, target, preds * preds, target * target, preds * target))
+    mu_p, mu_t, e_pp, e_tt, e_pt = F.conv2d(stacked, kernel, groups=channels).split(preds.shape[0])
+    upper = 2 * (e_pt - mu_p * mu_t) + c2
+    lower = (e_pp - mu_p**2) + (e_tt - mu_t**2) + c2
+    full = ((2 * mu_p * mu_t + c1) * upper) / ((mu_p**2 + mu_t**2 + c1) * lower)
+    return full[..., 5:-5, 5:-5].reshape(full.shape[0], -1).mean(-1)
+
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+@pytest.fixture(scope="module")
+def image_pairs():
+    rng = np.random.default_rng(7)
+    gray = rng.uniform(size=(3, 1, 23, 17))
+    gray_noisy = np.clip(gray + 0.2 * rng.normal(size=gray.shape), 0, 1)
+    # A 5-bin normalised-voxel-like pair: sparse, signed, range around 10.
+    voxel = rng.normal(size=(2, 5, 16, 12)) * (rng.uniform(size=(2, 5, 16, 12)) < 0.3) * 2.5
+    voxel_an = rng.uniform(size=voxel.shape)
+    return {"gray": (gray, gray_noisy), "voxel": (voxel, voxel_an)}
+
+
+def test_gaussian_window_is_torchmetrics_one():
+    taps = ssim_gaussian_1d()
+    assert taps.shape == (11,)
+    np.testing.assert_allclose(taps.sum(), 1.0, rtol=1e-15)
+    np.testing.assert_allclose(taps[5] / taps[4], np.exp(1 / (2 * 1.5**2)), rtol=1e-12)
+    np.testing.assert_allclose(taps[:3], [0.00102838, 0.00759876, 0.03600077], rtol=1e-5)
+
+
+def test_ssim_constant_images_by_hand():
+    # Constant images: every variance and covariance is 0, so SSIM = (2ab + C1) / (a^2 + b^2 + C1).
+    a = jnp.full((1, 12, 13, 1), 0.2)
+    b = jnp.full((1, 12, 13, 1), 0.6)
+    c1 = 0.01**2
+    expected = (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)
+    # float32 E[x^2] - mu^2 leaves ~1e-7 of spurious variance next to C2 = 9e-4, hence the tolerance.
+    np.testing.assert_allclose(ssim(a, b, data_range=1.0), [expected], rtol=3e-4)
+    np.testing.assert_allclose(ssim(a, a, data_range=1.0), [1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gray", "voxel"])
+@pytest.mark.parametrize("data_range", [None, 3.0])
+def test_ssim_matches_reference_per_image(image_pairs, kind, data_range):
+    a, b = image_pairs[kind]
+    expected = torch_ssim_reference(torch.tensor(a), torch.tensor(b), data_range).numpy()
+    got = jax.jit(lambda x, y: ssim(x, y, data_range=data_range))(nhwc(a).astype(np.float32),
+                                                                nhwc(b).astype(np.float32))
+    assert got.shape == (a.shape[0],)
+    np.testing.assert_allclose(np.asarray(got), expected, atol=2e-6)
+    # Per-image values differ, so this is not a broadcast batch mean.
+    assert np.ptp(expected) > 1e-3
+
+
+def test_inferred_data_range_is_batch_wide(image_pairs):
+    a, b = image_pairs["gray"]
+    a, b = nhwc(a), nhwc(b)
+    batch_range = max(np.ptp(a), np.ptp(b))
+    np.testing.assert_allclose(ssim(a, b), ssim(a, b, data_range=batch_range), rtol=1e-6)
+    # An image's value depends on the other images through the shared range.
+    b_wide = b.copy()
+    b_wide[1] *= 4
+    assert abs(float(ssim(a[:1], b_wide[:1])[0]) - float(ssim(a, b_wide)[0])) > 1e-3
+
+
+@pytest.mark.parametrize("data_range", [None, 2.0])
+def test_ssim_gradient_matches_torch_autograd(image_pairs, data_range):
+    a, b = (x[:, :3, :14, :12] for x in image_pairs["voxel"])
+    weights = np.array([1.0, -0.5])  # distinct per-image weights check the per-image values' gradients too
+    ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    (torch_ssim_reference(ta, tb, data_range) * torch.tensor(weights)).sum().backward()
+
+    def objective(x, y):
+        return jnp.sum(ssim(x, y, data_range=data_range) * weights)
+
+    grad_a, grad_b = jax.grad(objective, argnums=(0, 1))(jnp.asarray(nhwc(a), jnp.float32),
+                                                         jnp.asarray(nhwc(b), jnp.float32))
+    scale = np.abs(ta.grad.numpy()).max()
+    np.testing.assert_allclose(np.asarray(grad_a), nhwc(ta.grad.numpy()), atol=1e-5 * scale)
+    np.testing.assert_allclose(np.asarray(grad_b), nhwc(tb.grad.numpy()), atol=1e-5 * scale)
+
+
+def test_gradient_flows_through_inferred_data_range():
+    # Two pixels set the range of `a`; with the range inferred their gradient gets the extra C1/C2 term.
+    rng = np.random.default_rng(3)
+    a = rng.uniform(size=(1, 12, 12, 1)).astype(np.float32)
+    b = rng.uniform(size=(1, 12, 12, 1)).astype(np.float32) * 0.5
+    fixed_range = float(np.ptp(a))
+    inferred = jax.grad(lambda x: ssim(x, b)[0])(a)
+    fixed = jax.grad(lambda x: ssim(x, b, data_range=fixed_range)[0])(a)
+    differs = np.abs(np.asarray(inferred - fixed)) > 1e-7
+    assert set(zip(*np.nonzero(differs[0, ..., 0]))) == {np.unravel_index(np.argmax(a), (12, 12)),
+                                                         np.unravel_index(np.argmin(a), (12, 12))}
+
+
+def test_mse_and_psnr_by_hand():
+    a = np.zeros((2, 2, 2, 1), np.float32)
+    b = a.copy()
+    b[0, 0, 0, 0] = 0.5  # MSE 0.25 / 4
+    b[1] = 0.1  # MSE 0.01
+    np.testing.assert_allclose(mse(a, b), [0.0625, 0.01], rtol=1e-6)
+    np.testing.assert_allclose(psnr(a, b), [10 * np.log10(16), 20.0], rtol=1e-5)
+    np.testing.assert_allclose(psnr(a, b, data_range=255.0), 10 * np.log10(255.0**2 / np.array([0.0625, 0.01])),
+                               rtol=1e-5)
+    assert np.isinf(psnr(a, a)).all()
+
+
+def test_bad_shapes_are_explained():
+    with pytest.raises(ImageShapeError, match="NHWC"):
+        ssim(np.zeros((12, 12, 1)), np.zeros((12, 12, 1)))
+    with pytest.raises(ImageShapeError, match="equal shape"):
+        mse(np.zeros((1, 4, 4, 1)), np.zeros((1, 4, 5, 1)))
+    with pytest.raises(ImageShapeError, match="11x11"):
+        ssim(np.zeros((1, 10, 40, 1)), np.zeros((1, 10, 40, 1)))
