@@ -1,0 +1,160 @@
+"""Reconstructs intensity frames from an event recording with a saved E2VID-style reconstructor.
+
+python -m anon_jax.reconstruct --events FILE --checkpoint DIR --out DIR
+    [--num_events_per_window N | --window_duration T] [--auto_hdr] [--unsharp_mask_amount A] [--sensor_size H,W]
+writes frame_0000000000.png, frame_0000000001.png, ... (one per window), timestamps.txt (time of each window's
+last event, file unit) and preview.gif into --out; the folder appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import secrets
+import shutil
+import sys
+import time
+
+from PIL import Image
+
+from anon_jax.events import EventFormatError, read_event_text
+from anon_jax.events.windows import fixed_count_windows, fixed_duration_windows
+from anon_jax.models import e2vid
+from anon_jax.models.e2vid_postprocess import IntensityRescaler, reconstruct_stream
+
+
+def sensor_size_flag(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(value) for value in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH such as 180,240, got {text!r}") from None
+    return height, width
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m anon_jax.reconstruct", description=__doc__.splitlines()[0])
+    parser.add_argument("--events", required=True, help="event text file: `t x y p` rows, optional `width height` "
+                        "first row (Event-ReId chunks, rpg_e2vid recordings, the synthetic dataset's events.txt)")
+    parser.add_argument("--checkpoint", required=True, help="reconstructor directory written by "
+                        "anon_jax.models.e2vid.save_pretrained (converted official weights or a pretraining run)")
+    parser.add_argument("--out", required=True, help="output folder for the frames, timestamps.txt and preview.gif")
+    windows = parser.add_mutually_exclusive_group()
+    windows.add_argument("--num_events_per_window", type=int, help="events per window (default: "
+                         "num_events_per_pixel * sensor pixels)")
+    windows.add_argument("--window_duration", type=float, help="fixed-duration windows of this length, in the file's "
+                         "time unit (E2VID's --fixed_duration)")
+    parser.add_argument("--num_events_per_pixel", type=float, default=0.35,
+                        help="sets the window size when neither window flag is given (E2VID default 0.35)")
+    parser.add_argument("--sensor_size", type=sensor_size_flag, help="HEIGHT,WIDTH of the sensor; default: the "
+                        "file's header, else the events' bounding box (events shifted to it, as the Event-ReId loader)")
+    parser.add_argument("--auto_hdr", action="store_true",
+                        help="rescale intensities with the median of recent per-frame min/max (E2VID --auto_hdr)")
+    parser.add_argument("--auto_hdr_median_filter_size", type=int, default=10)
+    parser.add_argument("--robust_percentile", type=float, default=0.0, help="with --auto_hdr, use the p-th / "
+                        "(100-p)-th percentiles instead of min/max (e.g. 5)")
+    parser.add_argument("--Imin", type=float, default=0.0, help="fixed lower intensity bound without --auto_hdr")
+    parser.add_argument("--Imax", type=float, default=1.0, help="fixed upper intensity bound without --auto_hdr")
+    parser.add_argument("--unsharp_mask_amount", type=float, default=0.3, help="0 disables the unsharp mask")
+    parser.add_argument("--unsharp_mask_sigma", type=float, default=1.0)
+    parser.add_argument("--no_recurrent", action="store_true", help="reset the recurrent state after every window")
+    parser.add_argument("--gif_fps", type=float, default=10.0, help="frame rate of preview.gif")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
+    return parser.parse_args(argv)
+
+
+def _has_header(path: str) -> bool:
+    """Whether the first non-empty row is the 2-value `width height` header (read_event_text validates it)."""
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if line.strip():
+                return len(line.split()) == 2
+    return False
+
+
+def load_events(path: str, sensor_size: tuple[int, int] | None):
+    """The recording on its sensor: the given size, else the header's, else the events' bounding box."""
+    stream = read_event_text(path, sensor_size=sensor_size)
+    stream.require_nonempty()
+    if sensor_size is None and not _has_header(path):
+        stream = stream.bbox_shifted()
+    return stream
+
+
+class ProgressLine:
+    """Windows done, rate and ETA on stderr: one rewritten line on a terminal, a line every few seconds in logs."""
+
+    def __init__(self, total: int, every_s: float = 5.0):
+        self.total, self.every_s = total, every_s
+        self.started = self.printed = time.time()
+        self.interactive = sys.stderr.isatty()
+
+    def update(self, done: int) -> None:
+        now = time.time()
+        if not (self.interactive or done == self.total or now - self.printed >= self.every_s):
+            return
+        self.printed = now
+        rate = done / max(now - self.started, 1e-9)
+        text = f"reconstruct: {done}/{self.total} windows, {rate:.1f} windows/s, ETA {(self.total - done) / rate:.0f}s"
+        if self.interactive:
+            print("\r" + text, end="\n" if done == self.total else "", file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+
+def _replace_folder(staging: pathlib.Path, out: pathlib.Path) -> None:
+    """Moves the finished `staging` folder to `out`, replacing an existing `out`."""
+    previous = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.old")
+    if out.exists():
+        os.replace(out, previous)
+    os.replace(staging, out)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = pathlib.Path(args.out).absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise SystemExit(f"reconstruct: {out} exists and is not an empty folder; pass --overwrite or another --out.")
+    stream = load_events(args.events, args.sensor_size)
+    module, variables = e2vid.load_pretrained(args.checkpoint)
+    if args.window_duration is not None:
+        windows = list(fixed_duration_windows(stream, args.window_duration))
+    else:
+        count = args.num_events_per_window or max(1, int(stream.height * stream.width * args.num_events_per_pixel))
+        windows = list(fixed_count_windows(stream, count))
+    if not windows:
+        raise EventFormatError(f"{args.events}: the recording spans {stream.t[-1] - stream.t[0]!r} time units, too "
+                               f"short for one window of {args.window_duration!r}; use a shorter --window_duration.")
+    print(f"reconstruct: {len(stream)} events on a {stream.height}x{stream.width} sensor, {len(windows)} windows",
+          file=sys.stderr)
+    rescaler = IntensityRescaler(auto_hdr=args.auto_hdr, median_filter_size=args.auto_hdr_median_filter_size,
+                                 imin=args.Imin, imax=args.Imax, robust_percentile=args.robust_percentile)
+    frames = reconstruct_stream(module, variables, windows, num_bins=module.config.num_bins,
+                                num_encoders=module.config.num_encoders,
+                                unsharp_mask_amount=args.unsharp_mask_amount,
+                                unsharp_mask_sigma=args.unsharp_mask_sigma, rescaler=rescaler,
+                                carry_state=not args.no_recurrent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    staging.mkdir()
+    try:
+        images, timestamps, progress = [], [], ProgressLine(len(windows))
+        for frame in frames:
+            image = Image.fromarray(frame.image)
+            image.save(staging / f"frame_{frame.index:010d}.png")
+            images.append(image)
+            timestamps.append(f"{frame.timestamp:.18f}\n")
+            progress.update(frame.index + 1)
+        (staging / "timestamps.txt").write_text("".join(timestamps), encoding="utf-8")
+        images[0].save(staging / "preview.gif", save_all=True, append_images=images[1:],
+                       duration=max(1, round(1000 / args.gif_fps)), loop=0)
+        _replace_folder(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"reconstruct: wrote {len(images)} frames to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
