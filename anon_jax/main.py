@@ -20,6 +20,7 @@ from anon_jax.training.loop import Preempted
 
 METHODS = {
     "reid_baseline": "anon_jax.methods.reid_baseline",
+    "reconstructor_pretrain": "anon_jax.methods.reconstructor_pretrain",
 }
 
 FLAGS = flags.FLAGS
