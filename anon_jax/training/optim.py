@@ -15,6 +15,27 @@ from flax import traverse_util
 HEAD_PREFIXES = ("head",)
 
 
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+    """The `config.optimizer` section every experiment uses, with its defaults overridden."""
+    opt = ml_collections.ConfigDict()
+    opt.name = "sgd"  # "sgd", "adam" or "adamw"
+    opt.learning_rate = 0.05  # base (head) learning rate
+    opt.momentum = 0.9  # SGD momentum (unused by Adam)
+    opt.nesterov = True  # SGD Nesterov momentum (unused by Adam)
+    opt.weight_decay = 5e-4  # L2 weight decay added to the gradient (AdamW: decoupled)
+    opt.schedule = "cosine"  # "constant", "cosine" or "piecewise_epochs"
+    opt.warmup_steps = 100  # linear warm-up steps
+    opt.boundaries_epochs = ()  # piecewise_epochs: epochs where the learning rate is multiplied
+    opt.decay_factors = ()  # piecewise_epochs: the multipliers
+    opt.head_lr_multiplier = 1.0  # learning-rate multiplier of parameters named head*
+    opt.backbone_lr_multiplier = 1.0  # learning-rate multiplier of all other parameters
+    unknown = set(overrides) - set(opt)
+    if unknown:
+        raise ValueError(f"optimizer_config: unknown fields {sorted(unknown)}; known: {sorted(opt)}.")
+    opt.update(overrides)
+    return opt
+
+
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, *, num_steps: int, steps_per_epoch: int):
     """The base schedule (before group multipliers)."""
     if cfg.schedule == "constant":
