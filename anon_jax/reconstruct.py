@@ -9,15 +9,13 @@ last event, file unit) and preview.gif into --out; the folder appears complete o
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
-import secrets
-import shutil
 import sys
 import time
 
 from PIL import Image
 
+from anon_jax.files import atomic_directory
 from anon_jax.events import EventFormatError, read_event_text
 from anon_jax.events.windows import fixed_count_windows, fixed_duration_windows
 from anon_jax.models import e2vid
@@ -102,15 +100,6 @@ class ProgressLine:
             print(text, file=sys.stderr, flush=True)
 
 
-def _replace_folder(staging: pathlib.Path, out: pathlib.Path) -> None:
-    """Moves the finished `staging` folder to `out`, replacing an existing `out`."""
-    previous = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.old")
-    if out.exists():
-        os.replace(out, previous)
-    os.replace(staging, out)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = pathlib.Path(args.out).absolute()
@@ -135,10 +124,7 @@ def main(argv=None) -> int:
                                 unsharp_mask_amount=args.unsharp_mask_amount,
                                 unsharp_mask_sigma=args.unsharp_mask_sigma, rescaler=rescaler,
                                 carry_state=not args.no_recurrent)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    staging.mkdir()
-    try:
+    with atomic_directory(out) as staging:
         images, timestamps, progress = [], [], ProgressLine(len(windows))
         for frame in frames:
             image = Image.fromarray(frame.image)
@@ -149,9 +135,6 @@ def main(argv=None) -> int:
         (staging / "timestamps.txt").write_text("".join(timestamps), encoding="utf-8")
         images[0].save(staging / "preview.gif", save_all=True, append_images=images[1:],
                        duration=max(1, round(1000 / args.gif_fps)), loop=0)
-        _replace_folder(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(f"reconstruct: wrote {len(images)} frames to {out}", file=sys.stderr)
     return 0
 

@@ -10,8 +10,6 @@ import functools
 import json
 import os
 import pathlib
-import secrets
-import shutil
 from typing import Any
 
 import flax
@@ -22,7 +20,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from anon_jax.files import atomic_write_text
+from anon_jax.files import atomic_directory, atomic_write_text
 from anon_jax.models.layers import BatchNorm
 
 CONFIG_FILE = "e2vid_config.json"
@@ -449,24 +447,13 @@ def save_pretrained(directory: str | os.PathLike, config, variables) -> None:
         mismatched = sorted(p for p in set(expected) | set(got) if expected.get(p) != got.get(p))
         details = ", ".join(f"{p}: {got.get(p, 'missing')} vs {expected.get(p, 'not expected')}" for p in mismatched)
         raise E2VIDCheckpointError(f"variables do not match the E2VID config (saved vs expected): {details}.")
-    directory = pathlib.Path(directory).absolute()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.with_name(f".{directory.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    previous = directory.with_name(f".{directory.name}.{os.getpid()}.{secrets.token_hex(4)}.old")
-    try:
-        staging.mkdir()
+    with atomic_directory(directory) as staging:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(staging / VARIABLES_DIR, jax.device_get(flax.core.unfreeze(variables)))
         checkpointer.wait_until_finished()
         checkpointer.close()
         document = {"format": CHECKPOINT_FORMAT, "config": {field: config[field] for field in _LIGHTWEIGHT_FIELDS}}
         atomic_write_text(staging / CONFIG_FILE, json.dumps(document, indent=2, sort_keys=True) + "\n")
-        if directory.exists():
-            os.replace(directory, previous)
-        os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
