@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-import time
 
 from PIL import Image
 
@@ -20,6 +19,7 @@ from anon_jax.events import EventFormatError, read_event_text
 from anon_jax.events.windows import fixed_count_windows, fixed_duration_windows
 from anon_jax.models import e2vid
 from anon_jax.models.e2vid_postprocess import IntensityRescaler, reconstruct_stream
+from anon_jax.progress import ProgressBar
 
 
 def sensor_size_flag(text: str) -> tuple[int, int]:
@@ -79,27 +79,6 @@ def load_events(path: str, sensor_size: tuple[int, int] | None):
     return stream
 
 
-class ProgressLine:
-    """Windows done, rate and ETA on stderr: one rewritten line on a terminal, a line every few seconds in logs."""
-
-    def __init__(self, total: int, every_s: float = 5.0):
-        self.total, self.every_s = total, every_s
-        self.started = self.printed = time.time()
-        self.interactive = sys.stderr.isatty()
-
-    def update(self, done: int) -> None:
-        now = time.time()
-        if not (self.interactive or done == self.total or now - self.printed >= self.every_s):
-            return
-        self.printed = now
-        rate = done / max(now - self.started, 1e-9)
-        text = f"reconstruct: {done}/{self.total} windows, {rate:.1f} windows/s, ETA {(self.total - done) / rate:.0f}s"
-        if self.interactive:
-            print("\r" + text, end="\n" if done == self.total else "", file=sys.stderr, flush=True)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = pathlib.Path(args.out).absolute()
@@ -125,7 +104,7 @@ def main(argv=None) -> int:
                                 unsharp_mask_sigma=args.unsharp_mask_sigma, rescaler=rescaler,
                                 carry_state=not args.no_recurrent)
     with atomic_directory(out) as staging:
-        images, timestamps, progress = [], [], ProgressLine(len(windows))
+        images, timestamps, progress = [], [], ProgressBar(len(windows), label="reconstruct")
         for frame in frames:
             image = Image.fromarray(frame.image)
             image.save(staging / f"frame_{frame.index:010d}.png")
