@@ -7,7 +7,7 @@ batch 8, SGD Nesterov schedule over 60 epochs) for the real Event-ReId data on a
 
 import ml_collections
 
-from anon_jax.data import synthetic
+from anon_jax.data import datasets
 from anon_jax.training import optim
 
 
@@ -20,18 +20,8 @@ def get_config(arg=None):
     config.seed = 0  # seeds parameters, sampling, augmentation and the query draw
     config.mesh_shape = (-1,)  # devices per mesh axis ("data", ["model"]); -1 = all devices
 
-    config.data = data = ml_collections.ConfigDict()
-    data.name = "synthetic"  # "synthetic" (embedded, generated in the workdir) or "event_reid" (real data)
-    data.root = ""  # event_reid: folder with list files + chunks, or the raw <ID>/<camXX>/events.txt tree
-    data.num_bins = 5  # voxel-grid time bins (5 in the paper)
-    data.height = 96  # voxel height after the nearest resize (384 in the paper)
-    data.width = 48  # voxel width after the nearest resize (192 in the paper)
-    data.partition_mode = "time"  # raw streams: cut chunks by constant "time" or constant "count"
-    data.chunk_duration = 33300.0  # constant-time chunk length in timestamp units (synthetic: microseconds)
-    data.chunk_count = 5000  # constant-count chunk size in events
-    data.gallery_every = 5  # every n-th test chunk goes to the gallery (official protocol)
-    data.query_seed = 0  # seed of the random query chunk per (identity, camera)
-    data.synthetic = synthetic.default_synthetic_config()  # generator settings (fields documented there)
+    # Fields documented in anon_jax/data/datasets.py (data_config).
+    config.data = data = datasets.data_config()
 
     config.model = model = ml_collections.ConfigDict()
     model.depth = 18  # ResNet depth: 18, 34 or 50
