@@ -34,6 +34,15 @@ def test_head_and_backbone_groups_use_their_multipliers():
     np.testing.assert_allclose(updates["conv1"]["kernel"], -0.005, rtol=1e-6)
 
 
+def test_extra_groups_get_their_own_multiplier():
+    tx, _ = optim.make_optimizer(sgd_config(), num_steps=10, steps_per_epoch=1, extra_groups={"anonymizer": 0.4})
+    params = {"head": {"w": jnp.ones(2)}, "backbone": {"w": jnp.ones(2)}, "anonymizer": {"w": jnp.ones(2)}}
+    updates, _ = tx.update(params, tx.init(params), params)
+    np.testing.assert_allclose(updates["head"]["w"], -0.05, rtol=1e-6)
+    np.testing.assert_allclose(updates["backbone"]["w"], -0.005, rtol=1e-6)
+    np.testing.assert_allclose(updates["anonymizer"]["w"], -0.02, rtol=1e-6)
+
+
 def test_sgd_weight_decay_is_added_to_the_gradient_like_pytorch():
     tx, _ = optim.make_optimizer(sgd_config(schedule="constant", weight_decay=0.5, backbone_lr_multiplier=1.0),
                                  num_steps=10, steps_per_epoch=1)

@@ -28,7 +28,7 @@ from anon_jax.training import optim
 from anon_jax.training.checkpoint import Checkpoints
 from anon_jax.training.loop import create_writer, train_loop
 from anon_jax.training.report import write_report
-from anon_jax.training.stages import run_stage
+from anon_jax.training.stages import run_stage, run_training_stage
 
 
 @flax.struct.dataclass
@@ -58,13 +58,13 @@ def random_flip(rng, voxels):
     return jnp.where(flip, voxels[:, :, ::-1, :], voxels)
 
 
-def make_train_step(config: ml_collections.ConfigDict, model, tx):
-    loss_cfg = config.loss
+def make_train_step(spec: ml_collections.ConfigDict, model, tx):
+    loss_cfg = spec.loss
 
     def train_step(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
         voxels = batch["voxels"]
-        if config.train.random_flip:
+        if spec.train.random_flip:
             voxels = random_flip(rng, voxels)
         reid = state["reid"]
 
@@ -98,12 +98,15 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx):
     return train_step
 
 
-def make_feature_fn(model):
-    """Features of the input plus its horizontal flip, summed and L2-normalised (the paper's test rule)."""
+def make_feature_fn(apply_fn):
+    """Features of the input plus its horizontal flip, summed and L2-normalised (the paper's test rule).
+
+    `apply_fn(variables, voxels, train=False)` returns the "embed" and "pool5" descriptors.
+    """
 
     def features(variables, voxels):
-        plain = model.apply(variables, voxels, train=False)
-        flipped = model.apply(variables, voxels[:, :, ::-1, :], train=False)
+        plain = apply_fn(variables, voxels, train=False)
+        flipped = apply_fn(variables, voxels[:, :, ::-1, :], train=False)
         summed = {name: plain[name] + flipped[name] for name in ("embed", "pool5")}
         return {name: f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12) for name, f in summed.items()}
 
@@ -144,17 +147,75 @@ def evaluate_retrieval(query_features, gallery_features, query, gallery, *, max_
     return results
 
 
-def make_sampler(config: ml_collections.ConfigDict, labels: np.ndarray):
-    """`sampler(epoch=e)` -> that epoch's global batches of example indices."""
-    batch_size = config.train.batch_size
-    if config.train.sampler == "shuffle":
-        return functools.partial(pipeline.shuffled_batches, len(labels), batch_size, seed=config.seed)
-    if config.train.sampler == "pk":
-        k = config.train.pk_instances
+def make_sampler(spec: ml_collections.ConfigDict, labels: np.ndarray, *, seed: int):
+    """`sampler(epoch=e)` -> that epoch's global batches of example indices (`spec.train` settings)."""
+    batch_size = spec.train.batch_size
+    if spec.train.sampler == "shuffle":
+        return functools.partial(pipeline.shuffled_batches, len(labels), batch_size, seed=seed)
+    if spec.train.sampler == "pk":
+        k = spec.train.pk_instances
         if batch_size % k:
             raise ValueError(f"config.train.batch_size={batch_size} must be a multiple of config.train.pk_instances={k}.")
-        return functools.partial(pipeline.pk_batches, labels, batch_size // k, k, seed=config.seed)
-    raise ValueError(f"config.train.sampler={config.train.sampler!r}: use 'shuffle' or 'pk'.")
+        return functools.partial(pipeline.pk_batches, labels, batch_size // k, k, seed=seed)
+    raise ValueError(f"config.train.sampler={spec.train.sampler!r}: use 'shuffle' or 'pk'.")
+
+
+def fit(spec: ml_collections.ConfigDict, train: dict, stage_dir: str, *, mesh, seed: int, tensorboard_dir: str,
+        name: str = "reid"):
+    """Trains a ReId network on `train` ("voxels" (N, H, W, C) of any channel count, "labels") to the end.
+
+    `spec` holds the model, loss, train and optimizer sections. Resumes from the checkpoints in
+    `stage_dir/checkpoints`; when they already hold the last step, nothing is trained. Returns
+    ((model, variables), info) with the final variables {"params", "batch_stats"}.
+    """
+    num_classes = int(train["labels"].max()) + 1
+    model = reid_models.build_reid_network(spec.model, num_classes=num_classes)
+    mesh_lib.check_batch_size(spec.train.batch_size, mesh)
+    sampler = make_sampler(spec, train["labels"], seed=seed)
+    steps_per_epoch = len(sampler(epoch=0))
+    num_steps = spec.train.num_epochs * steps_per_epoch
+    tx, _ = optim.make_optimizer(spec.optimizer, num_steps=num_steps, steps_per_epoch=steps_per_epoch)
+    state = mesh_lib.replicate(create_state(model, tx, train["voxels"].shape[1:], jax.random.key(seed)), mesh)
+    checkpoints = Checkpoints(f"{stage_dir}/checkpoints", max_to_keep=spec.train.max_checkpoints_to_keep,
+                              save_every_steps=spec.train.checkpoint_every_steps)
+    state = checkpoints.restore_or(state)
+    start_step = int(jax.device_get(state["step"]))
+    local_batches = pipeline.batch_iterator(
+        {"voxels": train["voxels"], "labels": train["labels"]}, sampler, start_step=start_step,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    batches = pipeline.prefetch(mesh_lib.shard_batch(batch, mesh) for batch in local_batches)
+    train_step = jax.jit(make_train_step(spec, model, tx), donate_argnums=0,
+                         out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)))
+    started = time.perf_counter()
+    state = train_loop(name=name, state=state, train_step=train_step, batches=batches, num_steps=num_steps,
+                       checkpoints=checkpoints, writer=create_writer(tensorboard_dir),
+                       log_every_steps=spec.train.log_every_steps)
+    checkpoints.close()
+    info = {"num_steps": num_steps, "steps_per_epoch": steps_per_epoch,
+            "seconds": round(time.perf_counter() - started, 1), "num_classes": num_classes}
+    return (model, {"params": state["reid"]["params"], "batch_stats": state["reid"]["batch_stats"]}), info
+
+
+def evaluate_features(feature_fn, variables, query: dict, gallery: dict, *, batch_size: int, max_rank: int,
+                      mesh) -> dict:
+    """Rows "<descriptor> / <AP rule> AP" of CMC/mAP for both descriptors of `feature_fn`."""
+    feats = {
+        name: extract_features(feature_fn, variables, split["voxels"], batch_size=batch_size, mesh=mesh)
+        for name, split in (("query", query), ("gallery", gallery))
+    }
+    rows = {}
+    for descriptor in ("embed", "pool5"):
+        results = evaluate_retrieval(feats["query"][descriptor], feats["gallery"][descriptor], query, gallery,
+                                     max_rank=max_rank)
+        for ap_rule, values in results.items():
+            rows[f"{descriptor} / {ap_rule} AP"] = values
+    return rows
+
+
+def summary_rows(evaluated: dict) -> dict:
+    """The report's scalar rows (rank-1/5/10, mAP) of evaluation results."""
+    return {name: {k: values[k] for k in ("rank1", "rank5", "rank10", "mAP")} for name, values in evaluated.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -163,76 +224,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data_info = run_stage(workdir, "data", lambda stage_dir: datasets.prepare_event_reid(config.data, stage_dir))
     splits = datasets.load_event_reid(config.data, data_info)
     train = splits["train"]
-    num_classes = int(train["labels"].max()) + 1
-    input_shape = train["voxels"].shape[1:]
     logging.info(
         "Data: %d train chunks (%d identities), %d query, %d gallery; voxel %s",
-        len(train["labels"]), num_classes, len(splits["query"]["labels"]), len(splits["gallery"]["labels"]), input_shape,
+        len(train["labels"]), int(train["labels"].max()) + 1, len(splits["query"]["labels"]),
+        len(splits["gallery"]["labels"]), train["voxels"].shape[1:],
     )
-
-    model = reid_models.build_reid_network(config.model, num_classes=num_classes)
-    mesh_lib.check_batch_size(config.train.batch_size, mesh)
-    sampler = make_sampler(config, train["labels"])
-    steps_per_epoch = len(sampler(epoch=0))
-    num_steps = config.train.num_epochs * steps_per_epoch
-    tx, _ = optim.make_optimizer(config.optimizer, num_steps=num_steps, steps_per_epoch=steps_per_epoch)
-    state = create_state(model, tx, input_shape, jax.random.key(config.seed))
-    state = mesh_lib.replicate(state, mesh)
-
-    def train_stage(stage_dir):
-        nonlocal state
-        checkpoints = Checkpoints(
-            f"{stage_dir}/checkpoints",
-            max_to_keep=config.train.max_checkpoints_to_keep,
-            save_every_steps=config.train.checkpoint_every_steps,
-        )
-        state = checkpoints.restore_or(state)
-        start_step = int(jax.device_get(state["step"]))
-        local_batches = pipeline.batch_iterator(
-            {"voxels": train["voxels"], "labels": train["labels"]}, sampler, start_step=start_step,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-        )
-        batches = pipeline.prefetch(mesh_lib.shard_batch(batch, mesh) for batch in local_batches)
-        train_step = jax.jit(make_train_step(config, model, tx), donate_argnums=0,
-                             out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)))
-        writer = create_writer(f"{workdir}/tensorboard")
-        started = time.perf_counter()
-        state = train_loop(
-            name="reid",
-            state=state,
-            train_step=train_step,
-            batches=batches,
-            num_steps=num_steps,
-            checkpoints=checkpoints,
-            writer=writer,
-            log_every_steps=config.train.log_every_steps,
-        )
-        checkpoints.close()
-        return {"num_steps": num_steps, "steps_per_epoch": steps_per_epoch, "seconds": time.perf_counter() - started,
-                "checkpoint_dir": checkpoints.directory}
-
-    train_info = run_stage(workdir, "train", train_stage)
+    (model, variables), train_info = run_training_stage(workdir, "train", lambda stage_dir: fit(
+        config, train, stage_dir, mesh=mesh, seed=config.seed, tensorboard_dir=f"{workdir}/tensorboard"))
 
     def evaluate_stage(stage_dir):
         del stage_dir
-        nonlocal state
-        if int(jax.device_get(state["step"])) != num_steps:  # the train stage was finished by an earlier run
-            checkpoints = Checkpoints(train_info["checkpoint_dir"])
-            state = checkpoints.restore_or(state)
-            checkpoints.close()
-        variables = {"params": state["reid"]["params"], "batch_stats": state["reid"]["batch_stats"]}
-        feature_fn = jax.jit(make_feature_fn(model))
+        feature_fn = jax.jit(make_feature_fn(model.apply))
         query, gallery = splits["query"], splits["gallery"]
-        feats = {
-            name: extract_features(feature_fn, variables, split["voxels"], batch_size=config.eval.batch_size, mesh=mesh)
-            for name, split in (("query", query), ("gallery", gallery))
-        }
-        rows = {}
-        for descriptor in ("embed", "pool5"):
-            results = evaluate_retrieval(feats["query"][descriptor], feats["gallery"][descriptor], query, gallery,
-                                         max_rank=config.eval.max_rank)
-            for ap_rule, values in results.items():
-                rows[f"{descriptor} / {ap_rule} AP"] = values
+        rows = evaluate_features(feature_fn, variables, query, gallery, batch_size=config.eval.batch_size,
+                                 max_rank=config.eval.max_rank, mesh=mesh)
         raw = evaluate_retrieval(query["voxels"].reshape(len(query["voxels"]), -1),
                                  gallery["voxels"].reshape(len(gallery["voxels"]), -1), query, gallery,
                                  max_rank=config.eval.max_rank)
@@ -240,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return rows
 
     evaluated = run_stage(workdir, "evaluate", evaluate_stage)
-    rows = {name: {k: values[k] for k in ("rank1", "rank5", "rank10", "mAP")} for name, values in evaluated.items()}
+    rows = summary_rows(evaluated)
     curves = {name: values["cmc"] for name, values in evaluated.items() if "trapezoid" not in name}
     headline = rows[f"{config.eval.feature} / standard AP"]
     for name, values in rows.items():
@@ -249,13 +254,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     details = {
         "dataset": config.data.name,
         "train_chunks": int(len(train["labels"])),
-        "train_identities": num_classes,
+        "train_identities": train_info["num_classes"],
         "query_chunks": int(len(splits["query"]["labels"])),
         "gallery_chunks": int(len(splits["gallery"]["labels"])),
-        "voxel_shape": list(input_shape),
+        "voxel_shape": list(train["voxels"].shape[1:]),
         "model": f"ResNet-{config.model.depth} width {config.model.width}, head {config.model.head}",
         "train_steps": train_info["num_steps"],
-        "train_seconds": round(train_info["seconds"], 1),
+        "train_seconds": train_info["seconds"],
         "headline_rank1": headline["rank1"],
         "devices": jax.device_count(),
     }

@@ -8,6 +8,8 @@ groups (the paper trains the backbone at 0.1x the classifier's learning rate).
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import ml_collections
 import optax
 from flax import traverse_util
@@ -74,21 +76,27 @@ def _base_optimizer(cfg: ml_collections.ConfigDict, learning_rate) -> optax.Grad
     raise ValueError(f"config.optimizer.name={cfg.name!r}: use 'sgd', 'adam' or 'adamw'.")
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, *, num_steps: int, steps_per_epoch: int):
-    """An optax transform with separate learning-rate multipliers for the head and the backbone.
+def make_optimizer(cfg: ml_collections.ConfigDict, *, num_steps: int, steps_per_epoch: int,
+                   extra_groups: Mapping[str, float] | None = None):
+    """An optax transform with separate learning-rate multipliers for parameter groups.
 
-    Parameters whose top-level name starts with "head" form the head group; all others the backbone.
+    Parameters whose top-level name starts with "head" form the head group, top-level names listed in
+    `extra_groups` (name -> multiplier, e.g. {"anonymizer": 1.0}) their own groups, all others the backbone.
     """
     schedule = learning_rate_schedule(cfg, num_steps=num_steps, steps_per_epoch=steps_per_epoch)
+    extra_groups = dict(extra_groups or {})
+    multipliers = {"head": cfg.head_lr_multiplier, "backbone": cfg.backbone_lr_multiplier, **extra_groups}
 
     def scaled(multiplier):
         return _base_optimizer(cfg, lambda step: multiplier * schedule(step))
 
+    def group_of(key):
+        if key[0] in extra_groups:
+            return key[0]
+        return "head" if key[0].startswith(HEAD_PREFIXES) else "backbone"
+
     def group_labels(params):
         flat = traverse_util.flatten_dict(params)
-        labels = {k: ("head" if k[0].startswith(HEAD_PREFIXES) else "backbone") for k in flat}
-        return traverse_util.unflatten_dict(labels)
+        return traverse_util.unflatten_dict({k: group_of(k) for k in flat})
 
-    return optax.multi_transform(
-        {"head": scaled(cfg.head_lr_multiplier), "backbone": scaled(cfg.backbone_lr_multiplier)}, group_labels
-    ), schedule
+    return optax.multi_transform({name: scaled(m) for name, m in multipliers.items()}, group_labels), schedule

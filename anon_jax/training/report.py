@@ -35,6 +35,11 @@ def plot_curves(path: str, curves: dict[str, list[float]], *, title: str, xlabel
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(0, 1.02))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def save_figure(figure, path: str) -> None:
+    """Saves a matplotlib figure as a PNG atomically and closes it."""
     figure.tight_layout()
     with atomic_target(path) as tmp, open(tmp, "wb") as f:
         figure.savefig(f, format="png")
@@ -42,22 +47,27 @@ def plot_curves(path: str, curves: dict[str, list[float]], *, title: str, xlabel
 
 
 def write_report(workdir: str, *, title: str, metrics: dict[str, dict[str, float]], details: dict,
-                 cmc_curves: dict[str, list[float]] | None = None) -> dict:
+                 cmc_curves: dict[str, list[float]] | None = None, figures: tuple[str, ...] = ()) -> dict:
     """Writes the report files (process 0 only) and returns the report dictionary.
 
     `metrics` maps a row name (e.g. "embed / standard AP") to its scalar metrics; `details` holds
     everything else worth keeping (config summary, dataset sizes, timings); `cmc_curves` (row name ->
-    CMC values at ranks 1..k) become `cmc.png`.
+    CMC values at ranks 1..k) become `cmc.png`; `figures` names further PNGs already in the workdir.
     """
     report = {"title": title, "metrics": metrics, "details": details}
     if jax.process_index() != 0:
         return report
+    figures = list(figures)
     if cmc_curves:
         plot_curves(os.path.join(workdir, "cmc.png"), cmc_curves, title=title, xlabel="rank", ylabel="matching rate")
-        report["figures"] = ["cmc.png"]
+        figures.insert(0, "cmc.png")
+    if figures:
+        report["figures"] = figures
     atomic_write_text(os.path.join(workdir, "report.json"), json.dumps(report, indent=2, sort_keys=True))
     atomic_write_text(os.path.join(workdir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True))
     detail_lines = [f"- **{k}**: {v}" for k, v in sorted(details.items())]
     markdown = f"# {title}\n\n{_markdown_table(metrics)}\n\n## Details\n\n" + "\n".join(detail_lines) + "\n"
+    if figures:
+        markdown += "\n## Figures\n\n" + "\n".join(f"![{name}]({name})" for name in figures) + "\n"
     atomic_write_text(os.path.join(workdir, "report.md"), markdown)
     return report

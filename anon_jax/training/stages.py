@@ -32,3 +32,25 @@ def run_stage(workdir: str, name: str, fn: Callable[[str], dict[str, Any]]) -> d
     atomic_write_text(done_path, json.dumps(outputs, indent=2, sort_keys=True))
     logging.info("Stage %r: done", name)
     return outputs
+
+
+def run_training_stage(workdir: str, name: str, fn: Callable[[str], tuple[Any, dict[str, Any]]]) -> tuple[Any, dict]:
+    """Runs a training stage `fn(stage_dir) -> (trained values, JSON-able outputs)`.
+
+    Unlike `run_stage`, a finished stage still calls `fn`: it restores the final checkpoint (taking no step) so
+    later stages get the trained values, while the outputs stored when it finished are returned.
+    """
+    stage_dir = os.path.join(workdir, name)
+    done_path = os.path.join(stage_dir, DONE_FILE)
+    if os.path.exists(done_path):
+        with open(done_path) as f:
+            outputs = json.load(f)
+        logging.info("Stage %r already finished; restoring its final checkpoint from %s", name, stage_dir)
+        trained, _ = fn(stage_dir)
+        return trained, outputs
+    os.makedirs(stage_dir, exist_ok=True)
+    logging.info("Stage %r: starting in %s", name, stage_dir)
+    trained, outputs = fn(stage_dir)
+    atomic_write_text(done_path, json.dumps(outputs, indent=2, sort_keys=True))
+    logging.info("Stage %r: done", name)
+    return trained, outputs
