@@ -21,11 +21,12 @@ from anon_jax.training.loop import Preempted
 METHODS = {
     "reid_baseline": "anon_jax.methods.reid_baseline",
     "reconstructor_pretrain": "anon_jax.methods.reconstructor_pretrain",
+    "event_anonymization": "anon_jax.methods.event_anonymization",
 }
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, data caches and the report.")
-config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/eventreid_baseline.py.")
+config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/eventreid.py.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -3,6 +3,7 @@ format, converted and compared with the Flax model over windows with carried sta
 upsampling, conversion errors, the sequence runner and the command."""
 
 import functools
+import json
 import subprocess
 import sys
 
@@ -428,6 +429,21 @@ def test_save_pretrained_replaces_a_directory_and_round_trips(tmp_path):
     _, updates = train_step(loaded, voxels, new_state)
     assert not np.allclose(updates["batch_stats"]["decoder_0"]["norm"]["mean"],
                            loaded["batch_stats"]["decoder_0"]["norm"]["mean"])
+
+
+def test_load_pretrained_rejects_a_config_edited_to_another_base_width(tmp_path):
+    config = e2vid.e2vid_config(**TINY)
+    variables = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), e2vid.abstract_variables(config))
+    e2vid.save_pretrained(tmp_path / "model", config, variables)
+    description = tmp_path / "model" / e2vid.CONFIG_FILE
+    document = json.loads(description.read_text())
+    document["config"]["base_channels"] = 8
+    description.write_text(json.dumps(document))
+    # Orbax restores the saved 4-channel tensors onto the 8-channel target without complaint; the check must not.
+    with pytest.raises(e2vid.E2VIDCheckpointError,
+                       match=r"variables: the saved variables do not match e2vid_config\.json \(saved vs expected\): "
+                             r".*params/head/conv/kernel: \(5, 5, 3, 4\) vs \(5, 5, 3, 8\)"):
+        e2vid.load_pretrained(tmp_path / "model")
 
 
 def test_command_help_and_missing_torch_message(monkeypatch, capsys, tmp_path):

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from anon_jax.files import atomic_directory, atomic_write_text
+from anon_jax.models import pretrained
 
 CONFIG_FILE = "anonymizer.json"
 PARAMS_DIR = "params"
@@ -234,27 +234,17 @@ def abstract_params(config) -> dict:
     return flax.core.unfreeze(variables)["params"]
 
 
-def _shape_table(tree) -> dict[str, tuple]:
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
-    return {path: tuple(np.shape(value)) for path, value in flat.items()}
-
-
 def save_pretrained(directory: str | os.PathLike, config, params, *, voxel: dict) -> None:
     """Writes `directory` (atomically): an Orbax checkpoint of `params` and anonymizer.json (config + voxel)."""
     check_config(config)
     voxel = check_voxel_settings(voxel, config)
-    expected, got = _shape_table(abstract_params(config)), _shape_table(params)
-    if expected != got:
-        mismatched = sorted(p for p in set(expected) | set(got) if expected.get(p) != got.get(p))
-        details = ", ".join(f"{p}: {got.get(p, 'missing')} vs {expected.get(p, 'not expected')}" for p in mismatched)
+    mismatches = pretrained.shape_mismatches(abstract_params(config), params)
+    if mismatches:
         raise AnonymizerCheckpointError(
-            f"params do not match the anonymizer config (given vs expected): {details}. Pass the 'params' "
+            f"params do not match the anonymizer config (given vs expected): {mismatches}. Pass the 'params' "
             "collection itself, not the whole variables dict.")
     with atomic_directory(directory) as staging:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(staging / PARAMS_DIR, jax.device_get(flax.core.unfreeze(params)))
-        checkpointer.wait_until_finished()
-        checkpointer.close()
+        pretrained.save_tree(staging / PARAMS_DIR, params)
         document = {"format": CHECKPOINT_FORMAT, "config": {field: config[field] for field in CONFIG_FIELDS},
                     "voxel": voxel}
         atomic_write_text(staging / CONFIG_FILE, json.dumps(document, indent=2, sort_keys=True) + "\n")
@@ -285,24 +275,14 @@ def load_pretrained(directory: str | os.PathLike) -> tuple[nn.Module, dict, dict
     params_path = pathlib.Path(directory).absolute() / PARAMS_DIR
     if not params_path.is_dir():
         raise AnonymizerCheckpointError(f"{params_path} is missing: the directory holds no saved parameters.")
-    expected = abstract_params(config)
-    checkpointer = ocp.StandardCheckpointer()
     try:
-        params = checkpointer.restore(params_path, expected)
-    except (ValueError, KeyError, OSError) as error:
+        params = pretrained.restore_tree(params_path, abstract_params(config))
+    except pretrained.CheckpointReadError as error:
         raise AnonymizerCheckpointError(
             f"{params_path}: the saved parameters are unreadable or do not match {CONFIG_FILE} ({error}).") from error
-    finally:
-        checkpointer.close()
-    # Orbax hands back the saved shapes even when they differ from the target's, so compare them here.
-    expected_shapes, saved_shapes = _shape_table(expected), _shape_table(params)
-    if saved_shapes != expected_shapes:
-        mismatched = sorted(p for p in set(expected_shapes) | set(saved_shapes)
-                            if expected_shapes.get(p) != saved_shapes.get(p))
-        details = ", ".join(f"{p}: {saved_shapes.get(p, 'missing')} vs {expected_shapes.get(p, 'not expected')}"
-                            for p in mismatched)
+    except pretrained.CheckpointShapeError as error:
         raise AnonymizerCheckpointError(
-            f"{params_path}: the saved parameters do not match {CONFIG_FILE} (saved vs expected): {details}.")
+            f"{params_path}: the saved parameters do not match {CONFIG_FILE} (saved vs expected): {error}.") from error
     return build_anonymizer(config), params, voxel
 
 

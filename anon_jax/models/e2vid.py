@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from anon_jax.files import atomic_directory, atomic_write_text
+from anon_jax.models import pretrained
 from anon_jax.models.layers import BatchNorm
 
 CONFIG_FILE = "e2vid_config.json"
@@ -434,24 +434,14 @@ def abstract_variables(config) -> dict:
     return flax.core.unfreeze(jax.eval_shape(lambda v: module.init(jax.random.PRNGKey(0), v), voxels))
 
 
-def _shape_table(tree) -> dict[str, tuple]:
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
-    return {path: tuple(np.shape(value)) for path, value in flat.items()}
-
-
 def save_pretrained(directory: str | os.PathLike, config, variables) -> None:
     """Writes `directory` with an Orbax checkpoint of `variables` and e2vid_config.json (atomically)."""
     check_config(config)
-    expected, got = _shape_table(abstract_variables(config)), _shape_table(variables)
-    if expected != got:
-        mismatched = sorted(p for p in set(expected) | set(got) if expected.get(p) != got.get(p))
-        details = ", ".join(f"{p}: {got.get(p, 'missing')} vs {expected.get(p, 'not expected')}" for p in mismatched)
-        raise E2VIDCheckpointError(f"variables do not match the E2VID config (saved vs expected): {details}.")
+    mismatches = pretrained.shape_mismatches(abstract_variables(config), variables)
+    if mismatches:
+        raise E2VIDCheckpointError(f"variables do not match the E2VID config (given vs expected): {mismatches}.")
     with atomic_directory(directory) as staging:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(staging / VARIABLES_DIR, jax.device_get(flax.core.unfreeze(variables)))
-        checkpointer.wait_until_finished()
-        checkpointer.close()
+        pretrained.save_tree(staging / VARIABLES_DIR, variables)
         document = {"format": CHECKPOINT_FORMAT, "config": {field: config[field] for field in _LIGHTWEIGHT_FIELDS}}
         atomic_write_text(staging / CONFIG_FILE, json.dumps(document, indent=2, sort_keys=True) + "\n")
 
@@ -479,14 +469,15 @@ def load_pretrained(directory: str | os.PathLike) -> tuple[E2VID, dict]:
     variables_path = pathlib.Path(directory).absolute() / VARIABLES_DIR
     if not variables_path.is_dir():
         raise E2VIDCheckpointError(f"{variables_path} is missing: the directory holds no saved variables.")
-    checkpointer = ocp.StandardCheckpointer()
     try:
-        variables = checkpointer.restore(variables_path, abstract_variables(config))
-    except (ValueError, KeyError) as error:
+        variables = pretrained.restore_tree(variables_path, abstract_variables(config))
+    except pretrained.CheckpointReadError as error:
         raise E2VIDCheckpointError(
-            f"{variables_path}: the saved variables do not match {CONFIG_FILE} ({error}).") from error
-    finally:
-        checkpointer.close()
+            f"{variables_path}: the saved variables are unreadable or do not match {CONFIG_FILE} ({error}).") from error
+    except pretrained.CheckpointShapeError as error:
+        raise E2VIDCheckpointError(
+            f"{variables_path}: the saved variables do not match {CONFIG_FILE} (saved vs expected): {error}."
+        ) from error
     return E2VID(_frozen(config)), variables
 
 

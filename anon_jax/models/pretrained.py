@@ -1,0 +1,65 @@
+"""Orbax save/restore and shape checks shared by the models' save_pretrained / load_pretrained.
+
+The errors here subclass ValueError and carry no file context: callers re-raise them with their own class and message.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import flax
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointReadError(ValueError):
+    """Orbax could not read a saved tree, or its structure differs from the target's."""
+
+
+class CheckpointShapeError(ValueError):
+    """A restored tree's shapes differ from the target's; the message lists them as 'path: saved vs expected'."""
+
+
+def _shape_table(tree) -> dict[str, tuple]:
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
+    return {path: tuple(np.shape(value)) for path, value in flat.items()}
+
+
+def shape_mismatches(expected, got) -> str:
+    """"" when the two trees have the same paths and shapes, else "path: got vs expected, ..." sorted by path."""
+    expected_shapes, got_shapes = _shape_table(expected), _shape_table(got)
+    mismatched = sorted(p for p in set(expected_shapes) | set(got_shapes)
+                        if expected_shapes.get(p) != got_shapes.get(p))
+    return ", ".join(f"{p}: {got_shapes.get(p, 'missing')} vs {expected_shapes.get(p, 'not expected')}"
+                     for p in mismatched)
+
+
+def save_tree(path: str | os.PathLike, tree) -> None:
+    """Writes `tree` (host copies of its arrays) as an Orbax checkpoint at `path` and waits for it to finish."""
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        checkpointer.save(pathlib.Path(path).absolute(), jax.device_get(flax.core.unfreeze(tree)))
+        checkpointer.wait_until_finished()
+    finally:
+        checkpointer.close()
+
+
+def restore_tree(path: str | os.PathLike, abstract_tree):
+    """The tree saved at `path`, restored onto `abstract_tree`'s structure and checked against its shapes.
+
+    Raises CheckpointReadError when Orbax fails and CheckpointShapeError when the saved shapes differ.
+    """
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        tree = checkpointer.restore(pathlib.Path(path).absolute(), abstract_tree)
+    except (ValueError, KeyError, OSError) as error:
+        raise CheckpointReadError(str(error)) from error
+    finally:
+        checkpointer.close()
+    # Orbax hands back the saved shapes even when they differ from the target's, so compare them here.
+    mismatches = shape_mismatches(abstract_tree, tree)
+    if mismatches:
+        raise CheckpointShapeError(mismatches)
+    return tree
