@@ -56,6 +56,7 @@ def get_config(arg=None):
     # The pretraining run used when rec.path is "" (fields documented in configs/e2vid_pretrain.py).
     rec.pretrain = _sibling_config("e2vid_pretrain", "smoke" if variant == "smoke" else "default")
     rec.pretrain.data.pedestrian_seed = 1  # other people than the ReId identities: the attacker never saw them
+    rec.pretrain.train.num_steps = 600 if variant == "default" else rec.pretrain.train.num_steps  # CPU budget
 
     config.anonymizer = anonymizer.anonymizer_config()  # fields documented in anon_jax/models/anonymizer.py
 
@@ -74,7 +75,7 @@ def get_config(arg=None):
     jloss.rec_weight = 1.0  # w_rec of 1 - SSIM(I_ref, I_an), maximised against the attacker (paper: 1)
     jloss.reference = "auto"  # I_ref: "frames" (ground truth, paper), "reconstruction" (public code) or "auto"
     joint.train = ml_collections.ConfigDict(base.train.to_dict())  # the baseline's fields, plus:
-    joint.train.num_epochs = 4 if variant == "default" else joint.train.num_epochs  # starts from the baseline
+    joint.train.num_epochs = 2 if variant == "default" else joint.train.num_epochs  # starts from the baseline
     joint.train.preview_every_steps = 100  # TensorBoard image grid (reference | raw | anonymised reconstruction)
     joint.optimizer = optim.optimizer_config(learning_rate=0.02, boundaries_epochs=(40, 50), decay_factors=(0.2, 0.1))
 
@@ -82,7 +83,8 @@ def get_config(arg=None):
     attacks.inversion = _attack_section(num_steps=400, learning_rate=1e-3)  # inverter: anonymised -> raw voxels
     attacks.inversion.base_features = 16  # inverter U-Net width
     attacks.inversion.num_levels = 2  # inverter U-Net depth (H, W multiples of 2**levels)
-    attacks.adaptive = _attack_section(num_steps=400, learning_rate=2e-4)  # reconstructor fine-tuned on V_an
+    attacks.adaptive = _attack_section(num_steps=200, learning_rate=2e-4)  # reconstructor fine-tuned on V_an
+    attacks.adaptive.batch_size = 16  # smaller: a reconstructor step costs about 10 ReId steps on CPU
     attacks.leakage = leak = ml_collections.ConfigDict(base.to_dict())  # ReId on reference images, as the baseline:
     leak.model.width = base.model.width // 2  # but narrower
     leak.train.num_epochs = 4 if variant == "default" else leak.train.num_epochs  # and shorter

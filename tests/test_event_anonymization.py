@@ -3,11 +3,8 @@ batches, stage checks, and the main job end to end (killed and resumed; on the p
 official-format E2VID checkpoint)."""
 
 import json
-import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +17,8 @@ from anon_jax.models import e2vid
 from anon_jax.models import reid as reid_models
 from anon_jax.training import optim
 from configs import eventreid
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import main_runs  # tests/main_runs.py
+from main_runs import REPO
 
 
 def tiny_setup(**joint_overrides):
@@ -114,14 +111,11 @@ def test_stage_lists_are_checked():
 # End to end
 
 
-def main_command(workdir, *overrides, config="configs/eventreid.py:smoke"):
-    return [sys.executable, "-m", "anon_jax.main", f"--config={config}", f"--workdir={workdir}", *overrides]
+CONFIG = "configs/eventreid.py:smoke"
 
 
 def run_main(workdir, *overrides):
-    result = subprocess.run(main_command(workdir, *overrides), cwd=REPO, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-6000:]
-    return result
+    return main_runs.run_main(CONFIG, workdir, *overrides)
 
 
 REPORT_FILES = ("report.json", "report.md", "metrics.json", "cmc.png", "reconstructions.png", "privacy_utility.png")
@@ -131,16 +125,7 @@ def test_smoke_run_of_all_stages_killed_in_joint_training_resumes_and_reports(tm
     workdir = tmp_path / "run"
     checkpoint_dir = workdir / "joint" / "checkpoints"
     overrides = ("--config.joint.train.num_epochs=6", "--config.joint.train.checkpoint_every_steps=2")
-    process = subprocess.Popen(main_command(workdir, *overrides), cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 1200
-    while not (checkpoint_dir.is_dir() and any(p.name.isdigit() for p in checkpoint_dir.iterdir())):
-        assert process.poll() is None, process.communicate()[1][-6000:]
-        assert time.time() < deadline, "no joint checkpoint appeared"
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 143, stderr[-6000:]
+    main_runs.preempt_after_first_checkpoint(CONFIG, workdir, checkpoint_dir, tmp_path / "killed.log", *overrides)
     assert not (workdir / "report.json").exists()
 
     resumed = run_main(workdir, *overrides)

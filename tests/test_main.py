@@ -1,24 +1,16 @@
 """End to end: the main job on the smoke config, killed and resumed, and on the public Event-ReId sample."""
 
 import json
-import pathlib
-import signal
 import subprocess
-import sys
-import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import main_runs  # tests/main_runs.py
+from main_runs import REPO
+
 CONFIG = "configs/eventreid_baseline.py:smoke"
 
 
-def main_command(workdir, *overrides):
-    return [sys.executable, "-m", "anon_jax.main", f"--config={CONFIG}", f"--workdir={workdir}", *overrides]
-
-
 def run_main(workdir, *overrides):
-    result = subprocess.run(main_command(workdir, *overrides), cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-5000:]
-    return result
+    return main_runs.run_main(CONFIG, workdir, *overrides, timeout=900)
 
 
 def test_smoke_run_killed_mid_training_resumes_and_finishes(tmp_path):
@@ -26,17 +18,7 @@ def test_smoke_run_killed_mid_training_resumes_and_finishes(tmp_path):
     checkpoint_dir = workdir / "train" / "checkpoints"
     # Many short steps and frequent checkpoints so that the kill lands mid-training.
     overrides = ("--config.train.num_epochs=12", "--config.train.checkpoint_every_steps=2")
-    process = subprocess.Popen(main_command(workdir, *overrides), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    deadline = time.time() + 900
-    while not (checkpoint_dir.is_dir() and any(p.name.isdigit() for p in checkpoint_dir.iterdir())):
-        assert process.poll() is None, process.communicate()[1][-5000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 143, stderr[-5000:]
-    assert "rerun the same command to resume" in stderr
+    main_runs.preempt_after_first_checkpoint(CONFIG, workdir, checkpoint_dir, tmp_path / "killed.log", *overrides)
     assert not (workdir / "report.json").exists()
 
     resumed = run_main(workdir, *overrides)
@@ -67,7 +49,7 @@ def test_main_trains_and_evaluates_on_the_public_sample(tmp_path, event_reid_sam
 
 
 def test_bad_data_root_is_a_clear_error(tmp_path):
-    result = subprocess.run(main_command(tmp_path / "w", "--config.data.name=event_reid",
+    result = subprocess.run(main_runs.main_command(CONFIG, tmp_path / "w", "--config.data.name=event_reid",
                                          f"--config.data.root={tmp_path / 'missing'}"),
                             cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0

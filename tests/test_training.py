@@ -14,7 +14,7 @@ from clu import metrics as clu_metrics
 
 from anon_jax.training import mesh as mesh_lib
 from anon_jax.training import stages
-from anon_jax.training.checkpoint import Checkpoints
+from anon_jax.training.checkpoint import CheckpointMismatchError, Checkpoints
 from anon_jax.training.loop import Preempted, create_writer, train_loop
 
 
@@ -115,6 +115,26 @@ def test_stage_runs_once_and_reuses_outputs(tmp_path):
     assert stages.run_stage(str(tmp_path), "s", stage) == {"value": 3}
     assert stages.run_stage(str(tmp_path), "s", stage) == {"value": 3}
     assert len(calls) == 1
+
+
+def test_training_stage_restores_its_result_when_rerun(tmp_path):
+    calls = []
+
+    def stage(stage_dir):
+        calls.append(stage_dir)
+        return len(calls), {"info": 1}
+
+    assert stages.run_training_stage(str(tmp_path), "t", stage) == (1, {"info": 1})
+    # The rerun calls the stage again (it restores its final checkpoint) but keeps the stored outputs.
+    assert stages.run_training_stage(str(tmp_path), "t", stage) == (2, {"info": 1})
+
+
+def test_checkpoint_of_another_structure_is_a_clear_error(tmp_path):
+    checkpoints = Checkpoints(str(tmp_path / "ckpt"))
+    checkpoints.save(1, {"w": jnp.ones(3), "b": jnp.zeros(2)}, force=True)
+    checkpoints.close()
+    with pytest.raises(CheckpointMismatchError, match="does not fit the current config.*delete"):
+        Checkpoints(str(tmp_path / "ckpt")).restore_or({"w": jnp.ones(3), "extra": jnp.zeros(1)})
 
 
 def test_mesh_rejects_uneven_batch():

@@ -9,6 +9,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
+class CheckpointMismatchError(ValueError):
+    """A saved train state does not have the structure the current config builds."""
+
+
 class Checkpoints:
     """A `CheckpointManager` in `directory` that restores the latest step into a template state."""
 
@@ -30,7 +34,13 @@ class Checkpoints:
         if step is None:
             return state
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-        restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except ValueError as error:
+            raise CheckpointMismatchError(
+                f"The checkpoint at step {step} in {self.directory} does not fit the current config (a changed model, "
+                f"optimizer or method?): rerun with the config that wrote it, or delete {self.directory} (or use a "
+                f"new --workdir) to start this stage afresh. Details: {str(error)[:500]}") from error
         logging.info("Resumed from checkpoint step %d in %s", step, self.directory)
         return restored
 
