@@ -349,11 +349,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  train["voxels"].shape[1:], reference_kind)
 
     def reference_images(split):
-        """Ground-truth frames, or stateless reconstructions of the raw voxels (the public code's pseudo truth)."""
+        """I_ref: ground-truth frames, or stateless reconstructions of the raw voxels (the public code's)."""
         if use_frames:
             return split["frames"]
         return batched(lambda batch: reconstructor.windows(reconstructor_variables, batch["voxels"]),
                        {"voxels": split["voxels"]}, batch_size=config.eval.batch_size, mesh=mesh)
+
+    def ground_truth(split):
+        """What attackers aim at and the identity-leakage network learns from: frames when the data has them."""
+        return split["frames"] if "frames" in split else reference_images(split)
 
     details = {"dataset": config.data.name, "reference": reference_kind, "reconstructor": reconstructor_info["source"],
                "attacker_in_training": config.joint.attacker, "train_chunks": int(len(train["labels"])),
@@ -391,12 +395,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     attacks = None
     if "attacks" in stages:
         attacks = run_attacks(config, workdir, train, anonymizer, anonymizer_params, reconstructor,
-                              reconstructor_variables, reference_images(train), mesh=mesh,
+                              reconstructor_variables, ground_truth(train), mesh=mesh,
                               tensorboard_dir=tensorboard_dir)
         details["attack_seconds"] = attacks["seconds"]
 
     evaluated = run_stage(workdir, "evaluate", lambda stage_dir: privacy_report.evaluate(
-        config, splits, mesh=mesh, figure_dir=workdir, reference_images=reference_images,
+        config, splits, mesh=mesh, figure_dir=workdir, reference_kind=reference_kind,
+        reference_images=reference_images, ground_truth=ground_truth,
         reconstructor=reconstructor, reconstructor_variables=reconstructor_variables,
         anonymizer=anonymizer, anonymizer_params=anonymizer_params,
         reid=reid, reid_variables={"params": reid_params, "batch_stats": joint["batch_stats"]},
@@ -455,10 +460,11 @@ def train_joint(config, stage_dir, train, anonymizer, reid, reconstructor, recon
 
 
 def run_attacks(config, workdir, train, anonymizer, anonymizer_params, reconstructor, reconstructor_variables,
-                train_references, *, mesh, tensorboard_dir) -> dict:
+                train_truth, *, mesh, tensorboard_dir) -> dict:
     """Trains the inverter, the adaptive reconstructor and the identity-leakage ReId on the training identities.
 
-    The attacker knows the method: it runs the released anonymizer on the training voxels to make its pairs.
+    The attacker knows the method: it runs the released anonymizer on the training voxels to make its pairs, and
+    targets `train_truth` (ground-truth frames when the data has them).
     """
     attacks_dir = os.path.join(workdir, "attacks")
     cfg = config.attacks
@@ -481,13 +487,13 @@ def run_attacks(config, workdir, train, anonymizer, anonymizer_params, reconstru
     def adaptive(stage_dir):
         return train_attack("adaptive", cfg.adaptive, reconstructor_variables["params"],
                             lambda p, x: reconstructor.windows({**reconstructor_variables, "params": p}, x),
-                            anonymize_batch, {"voxels": train["voxels"], "targets": train_references}, stage_dir,
+                            anonymize_batch, {"voxels": train["voxels"], "targets": train_truth}, stage_dir,
                             mesh=mesh, seed=config.seed, tensorboard_dir=tensorboard_dir, ssim_data_range=1.0)
 
     adaptive_params, adaptive_info = run_training_stage(attacks_dir, "adaptive", adaptive)
     (leakage_model, leakage_variables), leakage_info = run_training_stage(
         attacks_dir, "leakage", lambda stage_dir: reid_baseline.fit(
-            cfg.leakage, {"voxels": train_references, "labels": train["labels"]}, stage_dir, mesh=mesh,
+            cfg.leakage, {"voxels": train_truth, "labels": train["labels"]}, stage_dir, mesh=mesh,
             seed=config.seed, tensorboard_dir=tensorboard_dir, name="leakage"))
     return {
         "invert": jax.jit(lambda x: inverter.apply({"params": inverter_params}, x)),

@@ -3,10 +3,11 @@ and identity leakage on the test identities, with CMC, reconstruction-grid and p
 
 Attack windows are time-ordered test windows per recording (`datasets.attack_sequences`); "stateless" attacks
 reconstruct each window from a zero state (as published), "stateful" ones carry the state along the windows.
-Image metrics compare to the reference images (ground-truth frames, or stateless reconstructions of the raw
-voxels when the data has no frames) with data range 1; identity leakage is the rank-1 / mAP of a ReId network
-trained on reference images of the training identities, queried with the attack's reconstructions against a
-gallery of reference images.
+Image metrics compare to the reference images I_ref of the objective (ground-truth frames, or stateless
+reconstructions of the raw voxels) with data range 1, plus SSIM against the raw reconstruction and, when the data
+has frames, against the ground truth. Identity leakage is the rank-1 / mAP of a ReId network trained on
+ground-truth images (frames when available) of the training identities, queried with the attack's
+reconstructions against a gallery of ground-truth images.
 """
 
 import jax
@@ -29,15 +30,16 @@ def _reid_rows(prefix: str, evaluated: dict) -> dict:
     return {f"ReId {prefix} / {name}": evaluated[name] for name in REID_ROWS}
 
 
-def image_quality(images: np.ndarray, references: np.ndarray, raw_reconstructions: np.ndarray, batch: int) -> dict:
-    """Mean per-image SSIM, PSNR (dB) and MSE against the references (data range 1), and SSIM against the raw
-    events' reconstruction."""
-    totals = {"SSIM": [], "PSNR": [], "MSE": [], "SSIM vs raw reconstruction": []}
-    metric_fn = jax.jit(lambda a, b, c: (image_metrics.ssim(a, b, data_range=1.0), image_metrics.psnr(a, b),
-                                         image_metrics.mse(a, b), image_metrics.ssim(a, c, data_range=1.0)))
+def image_quality(images: np.ndarray, references: np.ndarray, others: dict, batch: int) -> dict:
+    """Mean per-image SSIM, PSNR (dB) and MSE against the references (data range 1), and SSIM against each of
+    `others` (name -> images)."""
+    totals = {"SSIM": [], "PSNR": [], "MSE": [], **{f"SSIM vs {name}": [] for name in others}}
+    metric_fn = jax.jit(lambda a, b, *extra: (
+        image_metrics.ssim(a, b, data_range=1.0), image_metrics.psnr(a, b), image_metrics.mse(a, b),
+        *(image_metrics.ssim(a, c, data_range=1.0) for c in extra)))
     for start in range(0, len(images), batch):
-        parts = metric_fn(images[start:start + batch], references[start:start + batch],
-                          raw_reconstructions[start:start + batch])
+        window = slice(start, start + batch)
+        parts = metric_fn(images[window], references[window], *(values[window] for values in others.values()))
         for name, values in zip(totals, parts):
             totals[name].append(np.asarray(values))
     means = {name: float(np.mean(np.concatenate(values))) for name, values in totals.items()}
@@ -46,7 +48,8 @@ def image_quality(images: np.ndarray, references: np.ndarray, raw_reconstruction
     return means
 
 
-def evaluate(config, splits, *, mesh, figure_dir, reference_images, reconstructor, reconstructor_variables,
+def evaluate(config, splits, *, mesh, figure_dir, reference_kind, reference_images, ground_truth, reconstructor,
+             reconstructor_variables,
              anonymizer, anonymizer_params, reid, reid_variables, baseline, attacks) -> dict:
     """Stage "evaluate": JSON-able results {"reid", "privacy", "figures", ...}; writes the figures."""
     batch = config.eval.batch_size
@@ -70,8 +73,11 @@ def evaluate(config, splits, *, mesh, figure_dir, reference_images, reconstructo
     sequences = datasets.attack_sequences(splits, config.data.sequence_windows)
     shape = sequences["voxels"].shape
     flat = sequences["voxels"].reshape((-1,) + shape[2:])
-    references = reference_images({"voxels": flat, **({"frames": sequences["frames"].reshape(
-        (-1,) + sequences["frames"].shape[2:])} if "frames" in sequences else {})})
+    flat_split = {"voxels": flat}
+    if "frames" in sequences:
+        flat_split["frames"] = sequences["frames"].reshape((-1,) + sequences["frames"].shape[2:])
+    references = reference_images(flat_split)
+    truths = flat_split.get("frames", references)
     logging.info("Attack windows: %d recordings x %d windows (%s)", shape[0], shape[1],
                  "consecutive" if sequences["consecutive"] else "not consecutive: list-only data")
 
@@ -100,16 +106,20 @@ def evaluate(config, splits, *, mesh, figure_dir, reference_images, reconstructo
                 variables, v if mode == "stateful" else v.reshape((-1,) + v.shape[2:]), mode).reshape(
                 v.shape[:2] + v.shape[2:4] + (1,)))
             images[f"{name} ({mode})"] = run(fn, inputs[source])
-    raw_reconstructions = images["raw events -> reconstructor (stateless)"]
+    others = {}
+    if reference_kind == "frames":
+        others["raw reconstruction"] = images["raw events -> reconstructor (stateless)"]
+    elif "frames" in flat_split:
+        others["ground truth"] = truths
     for name, values in images.items():
-        results["privacy"][name] = image_quality(values, references, raw_reconstructions, batch)
+        results["privacy"][name] = image_quality(values, references, others, batch)
 
     if attacks is not None:
         leakage_fn = jax.jit(reid_baseline.make_feature_fn(attacks["leakage_model"].apply))
         labels = np.repeat(sequences["labels"], shape[1])
         cams = np.repeat(sequences["cams"], shape[1])
-        leak_gallery = {"voxels": reference_images(gallery), "labels": gallery["labels"], "cams": gallery["cams"]}
-        for name, values in [("reference images (leakage upper bound)", references), *images.items()]:
+        leak_gallery = {"voxels": ground_truth(gallery), "labels": gallery["labels"], "cams": gallery["cams"]}
+        for name, values in [("ground truth (leakage upper bound)", truths), *images.items()]:
             evaluated = reid_baseline.evaluate_features(
                 leakage_fn, attacks["leakage_variables"], {"voxels": values, "labels": labels, "cams": cams},
                 leak_gallery, batch_size=batch, max_rank=config.eval.max_rank, mesh=mesh)
@@ -118,7 +128,7 @@ def evaluate(config, splits, *, mesh, figure_dir, reference_images, reconstructo
             row["identity mAP"] = evaluated["embed / standard AP"]["mAP"]
 
     figures = [GRID_FIGURE, TRADEOFF_FIGURE]
-    plot_reconstruction_grid(f"{figure_dir}/{GRID_FIGURE}", inputs, images, references, shape,
+    plot_reconstruction_grid(f"{figure_dir}/{GRID_FIGURE}", inputs, images, truths, shape,
                              num_rows=config.eval.figure_windows)
     plot_privacy_utility(f"{figure_dir}/{TRADEOFF_FIGURE}", results)
     results.update(cmc=cmc, figures=figures, attack_recordings=int(shape[0]), attack_windows_per_recording=int(shape[1]),
@@ -134,15 +144,15 @@ def _show_voxel(voxel: np.ndarray) -> np.ndarray:
     return summed / max(float(np.abs(summed).max()), 1e-6)
 
 
-def plot_reconstruction_grid(path, inputs, images, references, shape, *, num_rows: int) -> None:
-    """Rows of test windows; columns: each input voxel and its reconstructions, then the reference image."""
+def plot_reconstruction_grid(path, inputs, images, truths, shape, *, num_rows: int) -> None:
+    """Rows of test windows; columns: each input voxel and its reconstructions, then the ground truth."""
     num_rows = min(num_rows, shape[0])
     recordings = np.linspace(0, shape[0] - 1, num_rows).astype(int)
     window = shape[1] - 1  # the last window: the stateful attacks have seen the whole run by then
     columns = [(f"{name} voxel", "voxel", values) for name, values in inputs.items()]
     columns += [(name.replace(" -> ", "\n-> "), "image", values.reshape(shape[:2] + values.shape[1:]))
                 for name, values in images.items()]
-    columns.append(("reference", "image", references.reshape(shape[:2] + references.shape[1:])))
+    columns.append(("ground truth", "image", truths.reshape(shape[:2] + truths.shape[1:])))
     figure, axes = plt.subplots(num_rows, len(columns), figsize=(1.3 * len(columns), 2.2 * num_rows), dpi=90,
                                 squeeze=False)
     for row, recording in enumerate(recordings):
