@@ -206,8 +206,11 @@ def sequence_starts(split: dict, length: int) -> np.ndarray:
     return np.asarray(starts, np.int64)
 
 
-def joint_batches(train: dict, config, *, start_step: int, use_frames: bool, steps_per_epoch: int):
-    """Per-process batches for steps start_step, start_step + 1, ...: windows (stateless) or runs of K windows."""
+def joint_batches(train: dict, config, *, start_step: int, use_frames: bool):
+    """Per-process batches for steps start_step, start_step + 1, ...: windows (stateless) or runs of K windows.
+
+    Stateful draws depend only on (seed, step), so a resumed run sees the batches it would have seen.
+    """
     joint = config.joint
     names = ("voxels", "labels") + (("frames",) if use_frames else ())
     if joint.attacker == "stateless":
@@ -223,7 +226,7 @@ def joint_batches(train: dict, config, *, start_step: int, use_frames: bool, ste
     sequences_per_batch = joint.train.batch_size // length
     step = start_step
     while True:
-        rng = np.random.default_rng([config.seed, 23, step // steps_per_epoch, step % steps_per_epoch])
+        rng = np.random.default_rng([config.seed, 23, step])
         chosen = starts[rng.integers(0, len(starts), sequences_per_batch)]
         rows = pipeline.process_slice(np.arange(sequences_per_batch), jax.process_index(), jax.process_count())
         index = chosen[rows, None] + np.arange(length)
@@ -406,7 +409,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         anonymizer=anonymizer, anonymizer_params=anonymizer_params,
         reid=reid, reid_variables={"params": reid_params, "batch_stats": joint["batch_stats"]},
         baseline=baseline, attacks=attacks))
-    return privacy_report.write(workdir, evaluated, details)
+    report = privacy_report.write(workdir, evaluated, details)
+    privacy_report.write_tensorboard(create_writer(tensorboard_dir), report, workdir, step=joint_info["num_steps"])
+    return report
 
 
 def train_joint(config, stage_dir, train, anonymizer, reid, reconstructor, reconstructor_variables,
@@ -430,8 +435,7 @@ def train_joint(config, stage_dir, train, anonymizer, reid, reconstructor, recon
     start_step = int(jax.device_get(state["step"]))
     batches = pipeline.prefetch(
         mesh_lib.shard_batch(batch, mesh)
-        for batch in joint_batches(train, config, start_step=start_step, use_frames=use_frames,
-                                   steps_per_epoch=steps_per_epoch))
+        for batch in joint_batches(train, config, start_step=start_step, use_frames=use_frames))
     jitted = jax.jit(make_joint_step(config, anonymizer, reid, reconstructor, tx, use_frames=use_frames),
                      donate_argnums=0, out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)))
     writer = create_writer(tensorboard_dir)
