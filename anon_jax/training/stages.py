@@ -40,17 +40,14 @@ def run_training_stage(workdir: str, name: str, fn: Callable[[str], tuple[Any, d
     Unlike `run_stage`, a finished stage still calls `fn`: it restores the final checkpoint (taking no step) so
     later stages get the trained values, while the outputs stored when it finished are returned.
     """
-    stage_dir = os.path.join(workdir, name)
-    done_path = os.path.join(stage_dir, DONE_FILE)
-    if os.path.exists(done_path):
-        with open(done_path) as f:
-            outputs = json.load(f)
-        logging.info("Stage %r already finished; restoring its final checkpoint from %s", name, stage_dir)
-        trained, _ = fn(stage_dir)
-        return trained, outputs
-    os.makedirs(stage_dir, exist_ok=True)
-    logging.info("Stage %r: starting in %s", name, stage_dir)
-    trained, outputs = fn(stage_dir)
-    atomic_write_text(done_path, json.dumps(outputs, indent=2, sort_keys=True))
-    logging.info("Stage %r: done", name)
-    return trained, outputs
+    trained = {}
+
+    def outputs_only(stage_dir):
+        trained["values"], outputs = fn(stage_dir)
+        return outputs
+
+    outputs = run_stage(workdir, name, outputs_only)
+    if "values" not in trained:
+        logging.info("Stage %r: restoring its final checkpoint", name)
+        trained["values"], _ = fn(os.path.join(workdir, name))
+    return trained["values"], outputs
