@@ -276,6 +276,19 @@ def test_non_multiple_size_through_reflection_pad_and_crop(lightweight):
             assert max_diff(image, torch_image) <= TOLERANCE
 
 
+@pytest.mark.parametrize("block", ["convlstm", "convgru"])
+def test_no_state_equals_an_explicit_zero_state(block):
+    """state=None skips the hidden half of the gate conv (ConvLSTM); the result must equal zeros passed in."""
+    config = e2vid.e2vid_config(base_channels=4, num_residual_blocks=1, norm="none", recurrent_block=block)
+    module = e2vid.E2VID(config)
+    voxels = jax.random.normal(jax.random.key(3), (2, 16, 24, 5))
+    variables = module.init(jax.random.key(4), voxels)
+    image, state = module.apply(variables, voxels, None)
+    zero_image, zero_state = module.apply(variables, voxels, e2vid.initial_state(config, 2, 16, 24))
+    np.testing.assert_allclose(image, zero_image, atol=1e-6)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state, zero_state)
+
+
 def test_pad_to_multiple_and_crop_by_hand():
     voxels = jnp.arange(15, dtype=jnp.float32).reshape(1, 3, 5, 1)
     padded = e2vid.pad_to_multiple(voxels, 4)  # rows 3 -> 4 (1 on top), columns 5 -> 8 (2 left, 1 right)

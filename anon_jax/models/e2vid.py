@@ -192,17 +192,41 @@ class ConvLayer(nn.Module):
         return nn.relu(x) if self.relu else x
 
 
+class GateConv(nn.Module):
+    """The ConvLSTM's 3x3 gate conv on concat([x, h]) (parameters named as nn.Conv's).
+
+    With h = None (a zero state) only the input half of the kernel is applied: the hidden half multiplies
+    zeros, so skipping it gives the same result at about half the cost (every stateless window).
+    """
+
+    features: int
+    hidden_features: int
+
+    @nn.compact
+    def __call__(self, x, hidden):
+        in_features = x.shape[-1] + self.hidden_features
+        kernel = self.param("kernel", torch_default_kernel_init, (3, 3, in_features, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if hidden is None:
+            inputs, kernel = x, kernel[:, :, :x.shape[-1]]
+        else:
+            inputs = jnp.concatenate([x, hidden], axis=-1)
+        out = jax.lax.conv_general_dilated(inputs, kernel.astype(inputs.dtype), (1, 1), ((1, 1), (1, 1)),
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return out + bias
+
+
 class ConvLSTM(nn.Module):
-    """ConvLSTM cell: one 3x3 conv on concat([x, h]) gives the gates in the order i, f, o, g."""
+    """ConvLSTM cell: one 3x3 conv on concat([x, h]) gives the gates in the order i, f, o, g; state None = zeros."""
 
     features: int
 
     @nn.compact
     def __call__(self, x, state):
-        hidden, cell = state
-        gates = _conv(4 * self.features, 3, 1, True, "gates")(jnp.concatenate([x, hidden], axis=-1))
+        hidden, cell = state if state is not None else (None, None)
+        gates = GateConv(4 * self.features, self.features, name="gates")(x, hidden)
         in_gate, forget_gate, out_gate, cell_gate = jnp.split(gates, 4, axis=-1)
-        cell = nn.sigmoid(forget_gate) * cell + nn.sigmoid(in_gate) * jnp.tanh(cell_gate)
+        cell = nn.sigmoid(in_gate) * jnp.tanh(cell_gate) + (0 if cell is None else nn.sigmoid(forget_gate) * cell)
         hidden = nn.sigmoid(out_gate) * jnp.tanh(cell)
         return hidden, (hidden, cell)
 
@@ -214,6 +238,8 @@ class ConvGRU(nn.Module):
 
     @nn.compact
     def __call__(self, x, hidden):
+        if hidden is None:
+            hidden = jnp.zeros(x.shape[:-1] + (self.features,), x.dtype)
         gate = functools.partial(_conv, self.features, 3, 1, True, kernel_init=nn.initializers.orthogonal())
         stacked = jnp.concatenate([x, hidden], axis=-1)
         update = nn.sigmoid(gate("update_gate")(stacked))
@@ -336,9 +362,7 @@ class E2VID(nn.Module):
         check_config(config)
         _check_voxels(voxels, config)
         voxels = jnp.asarray(voxels, jnp.float32)
-        if config.recurrent:
-            if state is None:
-                state = initial_state(config, *voxels.shape[:3])
+        if config.recurrent and state is not None:
             _check_state(state, config, voxels)
         base, levels = config.base_channels, config.num_encoders
 
@@ -351,8 +375,9 @@ class E2VID(nn.Module):
         for i in range(levels):
             features = base * 2 ** (i + 1)
             if config.recurrent:
+                layer_state = None if state is None else state[i]
                 x, encoder_state = RecurrentConvLayer(features, config.norm, config.recurrent_block,
-                                                      name=f"encoder_{i}")(x, state[i], train)
+                                                      name=f"encoder_{i}")(x, layer_state, train)
                 new_state.append(encoder_state)
             else:
                 x = ConvLayer(features, 5, 2, config.norm, name=f"encoder_{i}")(x, train)
