@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anon_jax.metrics.image import ImageShapeError, mse, psnr, ssim, ssim_gaussian_1d
+from anon_jax.metrics.image import ImageShapeError, mean_quality, mse, psnr, ssim, ssim_gaussian_1d
 
 
 def torch_ssim_reference(preds: torch.Tensor, target: torch.Tensor, data_range=None) -> torch.Tensor:
@@ -138,3 +138,16 @@ def test_bad_shapes_are_explained():
         mse(np.zeros((1, 4, 4, 1)), np.zeros((1, 4, 5, 1)))
     with pytest.raises(ImageShapeError, match="11x11"):
         ssim(np.zeros((1, 10, 40, 1)), np.zeros((1, 10, 40, 1)))
+
+
+def test_mean_quality_is_the_mean_of_per_image_values_whatever_the_batching():
+    rng = np.random.default_rng(5)
+    a = rng.random((7, 16, 16, 1)).astype(np.float32)
+    b = np.clip(a + 0.1 * rng.normal(size=a.shape), 0, 1).astype(np.float32)
+    expected = {"MSE": np.mean(mse(a, b)), "SSIM": np.mean(ssim(a, b, data_range=1.0)), "PSNR": np.mean(psnr(a, b))}
+    for batch_size in (1, 3, 256):
+        got = mean_quality(a, b, batch_size=batch_size)
+        assert list(got) == ["MSE", "SSIM", "PSNR"]
+        for name, value in expected.items():
+            assert got[name] == pytest.approx(float(value), rel=1e-5)
+    assert mean_quality(a, a)["PSNR"] == float("inf")

@@ -90,16 +90,11 @@ class Reconstructor:
 
     def sequences(self, variables, voxels):
         """Images (B, L, H, W, 1) of time-ordered windows (B, L, H, W, C), the state carried from a zero start."""
-        batch, _, height, width, _ = voxels.shape
-        padded = jax.vmap(lambda v: e2vid.pad_to_multiple(v, self.multiple), in_axes=1, out_axes=0)(voxels)
-
-        def step(state, window):
-            image, state = self.module.apply(variables, window, state, train=False)
-            return state, e2vid.crop_to(image, height, width)
-
-        state = e2vid.initial_state(self.module.config, batch, *padded.shape[2:4])
-        _, images = jax.lax.scan(step, state, padded, unroll=self.unroll)
-        return jnp.swapaxes(images, 0, 1)
+        height, width = voxels.shape[2:4]
+        time_major = jax.vmap(lambda v: e2vid.pad_to_multiple(v, self.multiple), in_axes=1, out_axes=0)(voxels)
+        images, _ = reconstructor_pretrain.reconstruct_windows(self.module, variables, time_major, train=False,
+                                                               unroll=self.unroll)
+        return jnp.swapaxes(e2vid.crop_to(images, height, width), 0, 1)
 
     def apply(self, variables, voxels, mode: str):
         return self.windows(variables, voxels) if mode == "stateless" else self.sequences(variables, voxels)
@@ -351,16 +346,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  len(train["labels"]), num_classes, len(splits["query"]["labels"]), len(splits["gallery"]["labels"]),
                  train["voxels"].shape[1:], reference_kind)
 
-    def reference_images(split):
-        """I_ref: ground-truth frames, or stateless reconstructions of the raw voxels (the public code's)."""
-        if use_frames:
+    def ground_truth(split):
+        """What attackers aim at and the identity-leakage network learns from: the split's frames, or (real data)
+        stateless reconstructions of its raw voxels."""
+        if "frames" in split:
             return split["frames"]
         return batched(lambda batch: reconstructor.windows(reconstructor_variables, batch["voxels"]),
                        {"voxels": split["voxels"]}, batch_size=config.eval.batch_size, mesh=mesh)
-
-    def ground_truth(split):
-        """What attackers aim at and the identity-leakage network learns from: frames when the data has them."""
-        return split["frames"] if "frames" in split else reference_images(split)
 
     details = {"dataset": config.data.name, "reference": reference_kind, "reconstructor": reconstructor_info["source"],
                "attacker_in_training": config.joint.attacker, "train_chunks": int(len(train["labels"])),
@@ -403,8 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         details["attack_seconds"] = attacks["seconds"]
 
     evaluated = run_stage(workdir, "evaluate", lambda stage_dir: privacy_report.evaluate(
-        config, splits, mesh=mesh, figure_dir=workdir, reference_kind=reference_kind,
-        reference_images=reference_images, ground_truth=ground_truth,
+        config, splits, mesh=mesh, figure_dir=workdir, reference_kind=reference_kind, ground_truth=ground_truth,
         reconstructor=reconstructor, reconstructor_variables=reconstructor_variables,
         anonymizer=anonymizer, anonymizer_params=anonymizer_params,
         reid=reid, reid_variables={"params": reid_params, "batch_stats": joint["batch_stats"]},

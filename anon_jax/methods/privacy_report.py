@@ -33,26 +33,19 @@ def _reid_rows(prefix: str, evaluated: dict) -> dict:
     return {f"ReId {prefix} / {name}": evaluated[name] for name in REID_ROWS}
 
 
-def image_quality(images: np.ndarray, references: np.ndarray, others: dict, batch: int) -> dict:
+def image_quality(images: np.ndarray, references: np.ndarray, others: dict) -> dict:
     """Mean per-image SSIM, PSNR (dB) and MSE against the references (data range 1), and SSIM against each of
     `others` (name -> images)."""
-    totals = {"SSIM": [], "PSNR": [], "MSE": [], **{f"SSIM vs {name}": [] for name in others}}
-    metric_fn = jax.jit(lambda a, b, *extra: (
-        image_metrics.ssim(a, b, data_range=1.0), image_metrics.psnr(a, b), image_metrics.mse(a, b),
-        *(image_metrics.ssim(a, c, data_range=1.0) for c in extra)))
-    for start in range(0, len(images), batch):
-        window = slice(start, start + batch)
-        parts = metric_fn(images[window], references[window], *(values[window] for values in others.values()))
-        for name, values in zip(totals, parts):
-            totals[name].append(np.asarray(values))
-    means = {name: float(np.mean(np.concatenate(values))) for name, values in totals.items()}
+    means = image_metrics.mean_quality(images, references)
+    row = {name: means[name] for name in ("SSIM", "PSNR", "MSE")}
     # Identical images give an infinite PSNR; cap it so that the mean stays finite in the report.
-    means["PSNR"] = float(min(means["PSNR"], 100.0))
-    return means
+    row["PSNR"] = min(row["PSNR"], 100.0)
+    for name, values in others.items():
+        row[f"SSIM vs {name}"] = image_metrics.mean_quality(images, values)["SSIM"]
+    return row
 
 
-def evaluate(config, splits, *, mesh, figure_dir, reference_kind, reference_images, ground_truth, reconstructor,
-             reconstructor_variables,
+def evaluate(config, splits, *, mesh, figure_dir, reference_kind, ground_truth, reconstructor, reconstructor_variables,
              anonymizer, anonymizer_params, reid, reid_variables, baseline, attacks) -> dict:
     """Stage "evaluate": JSON-able results {"reid", "privacy", "figures", ...}; writes the figures."""
     batch = config.eval.batch_size
@@ -75,12 +68,7 @@ def evaluate(config, splits, *, mesh, figure_dir, reference_kind, reference_imag
 
     sequences = datasets.attack_sequences(splits, config.data.sequence_windows)
     shape = sequences["voxels"].shape
-    flat = sequences["voxels"].reshape((-1,) + shape[2:])
-    flat_split = {"voxels": flat}
-    if "frames" in sequences:
-        flat_split["frames"] = sequences["frames"].reshape((-1,) + sequences["frames"].shape[2:])
-    references = reference_images(flat_split)
-    truths = flat_split.get("frames", references)
+    frames = sequences["frames"].reshape((-1,) + sequences["frames"].shape[2:]) if "frames" in sequences else None
     logging.info("Attack windows: %d recordings x %d windows (%s)", shape[0], shape[1],
                  "consecutive" if sequences["consecutive"] else "not consecutive: list-only data")
 
@@ -109,13 +97,16 @@ def evaluate(config, splits, *, mesh, figure_dir, reference_kind, reference_imag
                 variables, v if mode == "stateful" else v.reshape((-1,) + v.shape[2:]), mode).reshape(
                 v.shape[:2] + v.shape[2:4] + (1,)))
             images[f"{name} ({mode})"] = run(fn, inputs[source])
+    raw_reconstructions = images["raw events -> reconstructor (stateless)"]
+    references = frames if reference_kind == "frames" else raw_reconstructions
+    truths = raw_reconstructions if frames is None else frames
     others = {}
     if reference_kind == "frames":
-        others["raw reconstruction"] = images["raw events -> reconstructor (stateless)"]
-    elif "frames" in flat_split:
-        others["ground truth"] = truths
+        others["raw reconstruction"] = raw_reconstructions
+    elif frames is not None:
+        others["ground truth"] = frames
     for name, values in images.items():
-        results["privacy"][name] = image_quality(values, references, others, batch)
+        results["privacy"][name] = image_quality(values, references, others)
 
     if attacks is not None:
         leakage_fn = jax.jit(reid_baseline.make_feature_fn(attacks["leakage_model"].apply))

@@ -299,16 +299,6 @@ def sequence_stream(split: dict, index: int, height: int, width: int) -> EventSt
                        source=f"test sequence {index}")
 
 
-def image_quality(predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """Mean per-frame MSE, SSIM (data range 1) and PSNR (dB) of (N, H, W, 1) frames in [0, 1]."""
-    predictions, targets = jnp.asarray(predictions, jnp.float32), jnp.asarray(targets, jnp.float32)
-    return {
-        "MSE": float(jnp.mean(image_metrics.mse(predictions, targets))),
-        "SSIM": float(jnp.mean(image_metrics.ssim(predictions, targets, data_range=1.0))),
-        "PSNR": float(jnp.mean(image_metrics.psnr(predictions, targets, data_range=1.0))),
-    }
-
-
 def save_figure(path: str, rows: dict[str, np.ndarray], window_indices) -> None:
     """An image grid: one row per named (L, H, W) sequence, one column per window index."""
     figure, axes = plt.subplots(len(rows), len(window_indices), squeeze=False,
@@ -351,10 +341,12 @@ def evaluate(config: ml_collections.ConfigDict, test: dict, reconstructor_dir: s
                   for i in range(num_sequences)]
         baselines[normalization] = np.stack([np.asarray(f) for f in frames])[..., None]
     targets = test["frames"][:, skip:].reshape(-1, height, width, 1)
-    rows = {"E2VID (pretrained here)": image_quality(reconstructions[:, skip:].reshape(targets.shape), targets)}
+    def quality(frames):
+        return image_metrics.mean_quality(frames[:, skip:].reshape(targets.shape), targets)
+
+    rows = {"E2VID (pretrained here)": quality(reconstructions)}
     for normalization, frames in baselines.items():
-        rows[f"leaky integration ({normalization})"] = image_quality(frames[:, skip:].reshape(targets.shape),
-                                                                     targets)
+        rows[f"leaky integration ({normalization})"] = quality(frames)
     shown = np.linspace(0, num_windows - 1, config.evaluate.figure_windows).round().astype(int)
     figure_rows = {}
     for sequence in range(min(config.evaluate.figure_sequences, num_sequences)):

@@ -90,3 +90,22 @@ def psnr(a, b, *, data_range=1.0) -> jnp.ndarray:
     """Per-image peak signal-to-noise ratio in dB (batch,): 10 log10(data_range^2 / MSE); +inf for equal images."""
     errors = mse(a, b)
     return 10 * jnp.log10(jnp.asarray(data_range, errors.dtype) ** 2 / errors)
+
+
+def mean_quality(predictions, targets, *, batch_size: int = 256) -> dict[str, float]:
+    """Means over images of MSE, SSIM and PSNR (data range 1) of NHWC frames in [0, 1], computed in batches.
+
+    Identical images have an infinite PSNR, so the mean PSNR is infinite when any image is reproduced exactly.
+    """
+    totals = {"MSE": [], "SSIM": [], "PSNR": []}
+    for start in range(0, len(predictions), batch_size):
+        a = jnp.asarray(predictions[start:start + batch_size], jnp.float32)
+        b = jnp.asarray(targets[start:start + batch_size], jnp.float32)
+        for name, values in zip(totals, _quality_per_image(a, b)):
+            totals[name].append(np.asarray(values))
+    return {name: float(np.mean(np.concatenate(values))) for name, values in totals.items()}
+
+
+@jax.jit
+def _quality_per_image(a, b):
+    return mse(a, b), ssim(a, b, data_range=1.0), psnr(a, b, data_range=1.0)
