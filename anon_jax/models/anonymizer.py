@@ -272,17 +272,9 @@ def load_settings(directory: str | os.PathLike) -> tuple[ml_collections.ConfigDi
 def load_pretrained(directory: str | os.PathLike) -> tuple[nn.Module, dict, dict]:
     """(module, params, voxel settings) from a save_pretrained directory."""
     config, voxel = load_settings(directory)
-    params_path = pathlib.Path(directory).absolute() / PARAMS_DIR
-    if not params_path.is_dir():
-        raise AnonymizerCheckpointError(f"{params_path} is missing: the directory holds no saved parameters.")
-    try:
-        params = pretrained.restore_tree(params_path, abstract_params(config))
-    except pretrained.CheckpointReadError as error:
-        raise AnonymizerCheckpointError(
-            f"{params_path}: the saved parameters are unreadable or do not match {CONFIG_FILE} ({error}).") from error
-    except pretrained.CheckpointShapeError as error:
-        raise AnonymizerCheckpointError(
-            f"{params_path}: the saved parameters do not match {CONFIG_FILE} (saved vs expected): {error}.") from error
+    params = pretrained.restore_saved(pathlib.Path(directory).absolute() / PARAMS_DIR, abstract_params(config),
+                                      what="parameters", config_file=CONFIG_FILE,
+                                      error_class=AnonymizerCheckpointError)
     return build_anonymizer(config), params, voxel
 
 

@@ -491,18 +491,9 @@ def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
 def load_pretrained(directory: str | os.PathLike) -> tuple[E2VID, dict]:
     """(module, variables) from a save_pretrained directory; no PyTorch needed."""
     config = load_config(directory)
-    variables_path = pathlib.Path(directory).absolute() / VARIABLES_DIR
-    if not variables_path.is_dir():
-        raise E2VIDCheckpointError(f"{variables_path} is missing: the directory holds no saved variables.")
-    try:
-        variables = pretrained.restore_tree(variables_path, abstract_variables(config))
-    except pretrained.CheckpointReadError as error:
-        raise E2VIDCheckpointError(
-            f"{variables_path}: the saved variables are unreadable or do not match {CONFIG_FILE} ({error}).") from error
-    except pretrained.CheckpointShapeError as error:
-        raise E2VIDCheckpointError(
-            f"{variables_path}: the saved variables do not match {CONFIG_FILE} (saved vs expected): {error}."
-        ) from error
+    variables = pretrained.restore_saved(pathlib.Path(directory).absolute() / VARIABLES_DIR,
+                                         abstract_variables(config), what="variables", config_file=CONFIG_FILE,
+                                         error_class=E2VIDCheckpointError)
     return E2VID(_frozen(config)), variables
 
 

@@ -63,3 +63,18 @@ def restore_tree(path: str | os.PathLike, abstract_tree):
     if mismatches:
         raise CheckpointShapeError(mismatches)
     return tree
+
+
+def restore_saved(path: pathlib.Path, abstract_tree, *, what: str, config_file: str, error_class: type[Exception]):
+    """`restore_tree` for a save_pretrained folder, every failure raised as `error_class` naming the folder:
+    missing, unreadable, or with shapes that do not match the description in `config_file`."""
+    if not path.is_dir():
+        raise error_class(f"{path} is missing: the directory holds no saved {what}.")
+    try:
+        return restore_tree(path, abstract_tree)
+    except CheckpointReadError as error:
+        raise error_class(
+            f"{path}: the saved {what} are unreadable or do not match {config_file} ({error}).") from error
+    except CheckpointShapeError as error:
+        raise error_class(
+            f"{path}: the saved {what} do not match {config_file} (saved vs expected): {error}.") from error
