@@ -20,6 +20,7 @@ from anon_jax.events import EventFormatError, chunk_voxel_grid, read_event_text
 from anon_jax.files import atomic_target
 from anon_jax.models import anonymizer as anonymizer_lib
 from anon_jax.progress import ProgressBar
+from anon_jax.validation import is_positive_int
 
 WORKDIR_SUBDIR = "anonymizer"
 
@@ -44,7 +45,7 @@ def anonymize_stream(module, params, voxel: dict, stream, *, batch_size: int = 6
     event time, float64), num_events (int64), bbox (N, 4) int32 x0, y0, x1, y1 (inclusive: the events' min and max
     coordinates, the crop that was resized), chunk_index (int64, position in the partition, empty ones counted).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if not is_positive_int(batch_size):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     windows = partition_stream(stream, mode=voxel["partition_mode"], duration=voxel["chunk_duration"],
                                count=voxel["chunk_count"])

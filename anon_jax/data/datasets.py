@@ -21,6 +21,7 @@ from absl import logging
 
 from anon_jax.data import event_reid, reference_frames, synthetic
 from anon_jax.files import atomic_target, atomic_write_bytes
+from anon_jax.validation import is_positive_int
 
 DATASETS = ("synthetic", "event_reid")
 SEQUENCES = "sequences"  # split name, folder and list-file stem of the consecutive test chunks
@@ -204,7 +205,7 @@ def attack_sequences(splits: dict, length: int) -> dict:
     consecutive. L = min(length, longest recording); recordings with fewer than L chunks are left out, the
     others give their first L chunks in chunk-index order.
     """
-    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+    if not is_positive_int(length):
         raise ValueError(f"attack_sequences: length must be an integer >= 1, got {length!r}.")
     consecutive = SEQUENCES in splits
     if consecutive:

@@ -19,6 +19,7 @@ import numpy as np
 
 from anon_jax.files import atomic_directory, atomic_write_text
 from anon_jax.models import pretrained
+from anon_jax.validation import is_positive_int
 
 CONFIG_FILE = "anonymizer.json"
 PARAMS_DIR = "params"
@@ -53,9 +54,6 @@ def _default_config() -> ml_collections.ConfigDict:
 CONFIG_FIELDS = tuple(_default_config().keys())
 
 
-def _is_positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
-
 
 def check_config(config) -> None:
     """Raises AnonymizerConfigError naming the first field that is missing or out of range."""
@@ -65,7 +63,7 @@ def check_config(config) -> None:
     if config.kind not in KINDS:
         raise AnonymizerConfigError(f"anonymizer config kind={config.kind!r}: use one of {KINDS}.")
     for field in ("num_bins", "base_features", "num_levels"):
-        if not _is_positive_int(config[field]):
+        if not is_positive_int(config[field]):
             raise AnonymizerConfigError(f"anonymizer config {field}={config[field]!r} must be a positive integer.")
 
 
@@ -201,7 +199,7 @@ def check_voxel_settings(voxel, config) -> dict:
         raise AnonymizerConfigError(
             f"voxel settings need exactly the keys {list(VOXEL_FIELDS)}; missing {missing}, unknown {unknown}.")
     for field in ("num_bins", "height", "width"):
-        if not _is_positive_int(voxel[field]):
+        if not is_positive_int(voxel[field]):
             raise AnonymizerConfigError(f"voxel {field}={voxel[field]!r} must be a positive integer.")
     if voxel["num_bins"] != config.num_bins:
         raise AnonymizerConfigError(
@@ -218,7 +216,7 @@ def check_voxel_settings(voxel, config) -> dict:
                    and math.isfinite(duration) and duration > 0)
     if (duration is not None or mode == "time") and not duration_ok:
         raise AnonymizerConfigError(f"voxel chunk_duration={duration!r} must be a positive number (file time units).")
-    if (count is not None or mode == "count") and not _is_positive_int(count):
+    if (count is not None or mode == "count") and not is_positive_int(count):
         raise AnonymizerConfigError(f"voxel chunk_count={count!r} must be a positive integer (events per chunk).")
     return {"num_bins": int(voxel["num_bins"]), "height": int(voxel["height"]), "width": int(voxel["width"]),
             "partition_mode": mode, "chunk_duration": None if duration is None else float(duration),

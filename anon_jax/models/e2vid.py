@@ -22,6 +22,7 @@ import numpy as np
 from anon_jax.files import atomic_directory, atomic_write_text
 from anon_jax.models import pretrained
 from anon_jax.models.layers import BatchNorm
+from anon_jax.validation import is_positive_int
 
 CONFIG_FILE = "e2vid_config.json"
 VARIABLES_DIR = "variables"
@@ -74,9 +75,6 @@ def e2vid_config(**overrides) -> ml_collections.ConfigDict:
 LIGHTWEIGHT = ml_collections.FrozenConfigDict(_LIGHTWEIGHT_FIELDS)
 
 
-def _is_positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
-
 
 def check_config(config) -> None:
     """Raises E2VIDConfigError naming the first field that is missing or out of range."""
@@ -84,7 +82,7 @@ def check_config(config) -> None:
     if missing:
         raise E2VIDConfigError(f"E2VID config lacks field(s) {missing}; start from e2vid_config(...).")
     for field in ("num_bins", "num_encoders", "base_channels"):
-        if not _is_positive_int(config[field]):
+        if not is_positive_int(config[field]):
             raise E2VIDConfigError(f"E2VID config {field}={config[field]!r} must be a positive integer.")
     blocks = config.num_residual_blocks
     if not (isinstance(blocks, (int, np.integer)) and not isinstance(blocks, bool) and blocks >= 0):
@@ -426,7 +424,7 @@ def pad_to_multiple(voxels, multiple: int):
 
     Top/left get ceil(d/2), bottom/right floor(d/2) (PyTorch ReflectionPad2d: the border is not repeated).
     """
-    if not _is_positive_int(multiple):
+    if not is_positive_int(multiple):
         raise E2VIDInputError(f"multiple={multiple!r} must be a positive integer (2**num_encoders).")
     height, width = voxels.shape[-3], voxels.shape[-2]
     pads = [(0, 0)] * voxels.ndim

@@ -5,7 +5,6 @@ paper's ClassBlock head or a BNNeck head. Parameters live under two top-level na
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -13,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from anon_jax.models.layers import BatchNorm
+from anon_jax.validation import is_positive_int
 
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu"): untruncated N(0, 2 / fan_out).
@@ -128,14 +128,11 @@ class ResNet(nn.Module):
 def _check_trunk(depth: int, width: int, last_stride: int) -> None:
     if depth not in STAGE_BLOCKS:
         raise ReIdNetworkError(f"ResNet depth={depth!r} is not supported; use one of {sorted(STAGE_BLOCKS)}.")
-    if not _is_positive_int(width):
+    if not is_positive_int(width):
         raise ReIdNetworkError(f"ResNet width={width!r} must be a positive integer (64 in torchvision).")
     if last_stride not in (1, 2):
         raise ReIdNetworkError(f"ResNet last_stride={last_stride!r} must be 1 (paper) or 2 (torchvision).")
 
-
-def _is_positive_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def feature_width(depth: int, width: int = 64) -> int:
@@ -218,7 +215,7 @@ class ReIdNetwork(nn.Module):
     def __call__(self, x, *, train: bool):
         if self.head not in HEADS:
             raise ReIdNetworkError(f"ReIdNetwork head={self.head!r} is not supported; use one of {HEADS}.")
-        if not _is_positive_int(self.num_classes):
+        if not is_positive_int(self.num_classes):
             raise ReIdNetworkError(f"ReIdNetwork num_classes={self.num_classes!r} must be a positive integer.")
         if x.ndim != 4:
             raise ReIdNetworkError(f"ReIdNetwork expects NHWC input of rank 4, got shape {x.shape}.")
@@ -247,9 +244,9 @@ def build_reid_network(config: ml_collections.ConfigDict, num_classes: int, *, d
     _check_trunk(config.depth, config.width, config.last_stride)
     if config.head not in HEADS:
         raise ReIdNetworkError(f"config.model.head={config.head!r}: use one of {HEADS}.")
-    if not _is_positive_int(config.embed_dim):
+    if not is_positive_int(config.embed_dim):
         raise ReIdNetworkError(f"config.model.embed_dim={config.embed_dim!r} must be a positive integer.")
-    if not _is_positive_int(num_classes):
+    if not is_positive_int(num_classes):
         raise ReIdNetworkError(f"num_classes={num_classes!r} must be a positive integer (identities in training).")
     return ReIdNetwork(
         depth=config.depth,
