@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pathlib
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -93,10 +94,10 @@ def torch_default_bias_init(fan_in: int):
     return init
 
 
-def _conv(features: int, in_features: int, *, pad: int = 1, name: str) -> nn.Conv:
-    """A stride-1 3x3 conv with PyTorch's default init and symmetric zero padding `pad`."""
+def _conv(features: int, in_features: int, *, pad: int = 1, dtype: Any, name: str) -> nn.Conv:
+    """A stride-1 3x3 conv with PyTorch's default init and symmetric zero padding `pad`, computing in `dtype`."""
     return nn.Conv(features, (3, 3), padding=((pad, pad), (pad, pad)), kernel_init=torch_default_kernel_init,
-                   bias_init=torch_default_bias_init(in_features * 9), name=name)
+                   bias_init=torch_default_bias_init(in_features * 9), dtype=dtype, name=name)
 
 
 def _check_voxels(voxels, num_bins: int, name: str) -> None:
@@ -110,10 +111,12 @@ class PublishedAnonymizer(nn.Module):
     """The ICCV'23 ANmodel: conv-ReLU-maxpool(2, stride 1) twice, two convs, sigmoid; no skips.
 
     Each stride-1 max-pool shrinks H and W by one and the last conv's padding of 2 grows them back by two, so the
-    anonymised grid has the input's shape, with values in (0, 1).
+    anonymised grid has the input's shape, with values in (0, 1). `dtype` is the compute dtype (parameters and
+    output are float32).
     """
 
     num_bins: int = 5
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, voxels):
@@ -122,37 +125,40 @@ class PublishedAnonymizer(nn.Module):
             raise AnonymizerInputError(
                 f"PublishedAnonymizer needs height and width >= 3 (two 2x2 stride-1 max-pools), got "
                 f"{voxels.shape[1]}x{voxels.shape[2]}.")
-        x = nn.relu(_conv(64, self.num_bins, name="encoder_conv1")(voxels))
+        x = nn.relu(_conv(64, self.num_bins, dtype=self.dtype, name="encoder_conv1")(voxels))
         x = nn.max_pool(x, (2, 2), strides=(1, 1), padding="VALID")
-        x = nn.relu(_conv(16, 64, name="encoder_conv2")(x))
+        x = nn.relu(_conv(16, 64, dtype=self.dtype, name="encoder_conv2")(x))
         x = nn.max_pool(x, (2, 2), strides=(1, 1), padding="VALID")
         # The original's Upsample(scale_factor=1) layers are identities and hold no parameters.
-        x = nn.relu(_conv(64, 16, name="decoder_conv1")(x))
-        x = _conv(self.num_bins, 64, pad=2, name="decoder_conv2")(x)
-        return nn.sigmoid(x)
+        x = nn.relu(_conv(64, 16, dtype=self.dtype, name="decoder_conv1")(x))
+        x = _conv(self.num_bins, 64, pad=2, dtype=self.dtype, name="decoder_conv2")(x)
+        return nn.sigmoid(x.astype(jnp.float32))
 
 
 class ConvPair(nn.Module):
     """Two conv3x3 + ReLU layers, the U-Net's block at one resolution."""
 
     features: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(_conv(self.features, x.shape[-1], name="conv1")(x))
-        return nn.relu(_conv(self.features, self.features, name="conv2")(x))
+        x = nn.relu(_conv(self.features, x.shape[-1], dtype=self.dtype, name="conv1")(x))
+        return nn.relu(_conv(self.features, self.features, dtype=self.dtype, name="conv2")(x))
 
 
 class ResidualUNet(nn.Module):
     """Input plus a plain U-Net's output (max-pool down, transposed conv up, concatenated skips, no normalisation).
 
     The final 1x1 conv starts at zero, so the network starts as the identity; without normalisation layers it has
-    parameters only (no batch_stats). H and W must be multiples of 2**num_levels.
+    parameters only (no batch_stats). H and W must be multiples of 2**num_levels. The U-Net computes in `dtype`;
+    the residual is added to the input in float32, so the identity path loses no precision.
     """
 
     out_channels: int
     base_features: int = 32
     num_levels: int = 2
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, voxels):
@@ -166,28 +172,29 @@ class ResidualUNet(nn.Module):
         skips = []
         x = voxels
         for level in range(self.num_levels):
-            x = ConvPair(self.base_features * 2**level, name=f"down{level}")(x)
+            x = ConvPair(self.base_features * 2**level, dtype=self.dtype, name=f"down{level}")(x)
             skips.append(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-        x = ConvPair(self.base_features * 2**self.num_levels, name="bottleneck")(x)
+        x = ConvPair(self.base_features * 2**self.num_levels, dtype=self.dtype, name="bottleneck")(x)
         for level in reversed(range(self.num_levels)):
             features = self.base_features * 2**level
             x = nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding="VALID",
                                  kernel_init=torch_default_kernel_init,
-                                 bias_init=torch_default_bias_init(x.shape[-1] * 4), name=f"up{level}")(x)
-            x = ConvPair(features, name=f"merge{level}")(jnp.concatenate([x, skips[level]], axis=-1))
+                                 bias_init=torch_default_bias_init(x.shape[-1] * 4), dtype=self.dtype,
+                                 name=f"up{level}")(x)
+            x = ConvPair(features, dtype=self.dtype, name=f"merge{level}")(jnp.concatenate([x, skips[level]], axis=-1))
         residual = nn.Conv(self.out_channels, (1, 1), kernel_init=nn.initializers.zeros,
-                           bias_init=nn.initializers.zeros, name="residual")(x)
-        return voxels + residual
+                           bias_init=nn.initializers.zeros, dtype=self.dtype, name="residual")(x)
+        return voxels.astype(jnp.float32) + residual.astype(jnp.float32)
 
 
-def build_anonymizer(config) -> nn.Module:
-    """The Linen module described by an anonymizer config."""
+def build_anonymizer(config, *, dtype: Any = jnp.float32) -> nn.Module:
+    """The Linen module described by an anonymizer config, computing in `dtype` (parameters are float32)."""
     check_config(config)
     if config.kind == "published":
-        return PublishedAnonymizer(num_bins=config.num_bins)
+        return PublishedAnonymizer(num_bins=config.num_bins, dtype=dtype)
     return ResidualUNet(out_channels=config.num_bins, base_features=config.base_features,
-                        num_levels=config.num_levels)
+                        num_levels=config.num_levels, dtype=dtype)
 
 
 def check_voxel_settings(voxel, config) -> dict:
@@ -267,13 +274,13 @@ def load_settings(directory: str | os.PathLike) -> tuple[ml_collections.ConfigDi
         raise AnonymizerCheckpointError(f"{path}: not a valid anonymizer description ({error}).") from error
 
 
-def load_pretrained(directory: str | os.PathLike) -> tuple[nn.Module, dict, dict]:
-    """(module, params, voxel settings) from a save_pretrained directory."""
+def load_pretrained(directory: str | os.PathLike, *, dtype: Any = jnp.float32) -> tuple[nn.Module, dict, dict]:
+    """(module computing in `dtype`, float32 params, voxel settings) from a save_pretrained directory."""
     config, voxel = load_settings(directory)
     params = pretrained.restore_saved(pathlib.Path(directory).absolute() / PARAMS_DIR, abstract_params(config),
                                       what="parameters", config_file=CONFIG_FILE,
                                       error_class=AnonymizerCheckpointError)
-    return build_anonymizer(config), params, voxel
+    return build_anonymizer(config, dtype=dtype), params, voxel
 
 
 def parameter_count(params) -> int:

@@ -124,11 +124,12 @@ def initial_state(config, batch: int, height: int, width: int):
     )
 
 
-def _norm(kind: str, train: bool, name: str, *, instance_running_stats: bool = True):
+def _norm(kind: str, train: bool, dtype: Any, name: str, *, instance_running_stats: bool = True):
     if kind == "BN":
-        return BatchNorm(use_running_average=not train, name=name)
+        return BatchNorm(use_running_average=not train, dtype=dtype, name=name)
     if kind == "IN":
-        return InstanceNorm(track_running_stats=instance_running_stats, use_running_average=not train, name=name)
+        return InstanceNorm(track_running_stats=instance_running_stats, use_running_average=not train, dtype=dtype,
+                            name=name)
     return lambda x: x
 
 
@@ -138,17 +139,20 @@ class InstanceNorm(nn.Module):
     E2VID's conv layers build it with `track_running_stats=True`: training normalises each map by its own
     statistics and blends their batch mean into running statistics (unbiased variance, momentum 0.1), and
     evaluation normalises with the running statistics, as PyTorch does. Without running statistics (E2VID's
-    residual blocks) every call uses the per-map statistics and the layer holds no variables.
+    residual blocks) every call uses the per-map statistics and the layer holds no variables. Statistics are
+    computed and kept in float32; the output has `dtype`.
     """
 
     track_running_stats: bool = True
     use_running_average: bool = False
     momentum: float = 0.1
     epsilon: float = 1e-5
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         features = x.shape[-1]
+        x = x.astype(jnp.float32)
         if self.track_running_stats:
             running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
             running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
@@ -164,14 +168,14 @@ class InstanceNorm(nn.Module):
                     mean, axis=(0, 1, 2))
                 running_var.value = (1 - self.momentum) * running_var.value + self.momentum * jnp.mean(
                     unbiased, axis=(0, 1, 2))
-        return (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return ((x - mean) * jax.lax.rsqrt(var + self.epsilon)).astype(self.dtype)
 
 
-def _conv(features: int, kernel: int, stride: int, use_bias: bool, name: str, **kwargs) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, use_bias: bool, dtype: Any, name: str, **kwargs) -> nn.Conv:
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                    use_bias=use_bias, kernel_init=kwargs.pop("kernel_init", torch_default_kernel_init),
-                   name=name, **kwargs)
+                   dtype=dtype, name=name, **kwargs)
 
 
 class ConvLayer(nn.Module):
@@ -182,11 +186,12 @@ class ConvLayer(nn.Module):
     stride: int = 1
     norm: str = "none"
     relu: bool = True
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = _conv(self.features, self.kernel_size, self.stride, self.norm != "BN", "conv")(x)
-        x = _norm(self.norm, train, "norm")(x)
+        x = _conv(self.features, self.kernel_size, self.stride, self.norm != "BN", self.dtype, "conv")(x)
+        x = _norm(self.norm, train, self.dtype, "norm")(x)
         return nn.relu(x) if self.relu else x
 
 
@@ -194,57 +199,71 @@ class GateConv(nn.Module):
     """The ConvLSTM's 3x3 gate conv on concat([x, h]) (parameters named as nn.Conv's).
 
     With h = None (a zero state) only the input half of the kernel is applied: the hidden half multiplies
-    zeros, so skipping it gives the same result at about half the cost (every stateless window).
+    zeros, so skipping it gives the same result at about half the cost (every stateless window). Computes in
+    `dtype` with float32 parameters.
     """
 
     features: int
     hidden_features: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, hidden):
         in_features = x.shape[-1] + self.hidden_features
         kernel = self.param("kernel", torch_default_kernel_init, (3, 3, in_features, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        x = x.astype(self.dtype)
         if hidden is None:
             inputs, kernel = x, kernel[:, :, :x.shape[-1]]
         else:
-            inputs = jnp.concatenate([x, hidden], axis=-1)
-        out = jax.lax.conv_general_dilated(inputs, kernel.astype(inputs.dtype), (1, 1), ((1, 1), (1, 1)),
+            inputs = jnp.concatenate([x, hidden.astype(self.dtype)], axis=-1)
+        out = jax.lax.conv_general_dilated(inputs, kernel.astype(self.dtype), (1, 1), ((1, 1), (1, 1)),
                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return out + bias
+        return out + bias.astype(self.dtype)
 
 
 class ConvLSTM(nn.Module):
-    """ConvLSTM cell: one 3x3 conv on concat([x, h]) gives the gates in the order i, f, o, g; state None = zeros."""
+    """ConvLSTM cell: one 3x3 conv on concat([x, h]) gives the gates in the order i, f, o, g; state None = zeros.
+
+    The gate conv computes in `dtype`; the state update and the state are float32, since the cell accumulates
+    over the whole sequence (and a scan needs one carry dtype). The output is the hidden state in `dtype`.
+    """
 
     features: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, state):
         hidden, cell = state if state is not None else (None, None)
-        gates = GateConv(4 * self.features, self.features, name="gates")(x, hidden)
-        in_gate, forget_gate, out_gate, cell_gate = jnp.split(gates, 4, axis=-1)
+        gates = GateConv(4 * self.features, self.features, dtype=self.dtype, name="gates")(x, hidden)
+        in_gate, forget_gate, out_gate, cell_gate = jnp.split(gates.astype(jnp.float32), 4, axis=-1)
         cell = nn.sigmoid(in_gate) * jnp.tanh(cell_gate) + (0 if cell is None else nn.sigmoid(forget_gate) * cell)
         hidden = nn.sigmoid(out_gate) * jnp.tanh(cell)
-        return hidden, (hidden, cell)
+        return hidden.astype(self.dtype), (hidden, cell)
 
 
 class ConvGRU(nn.Module):
-    """ConvGRU cell: reset, update and output 3x3 convs (orthogonal init, zero bias as in E2VID)."""
+    """ConvGRU cell: reset, update and output 3x3 convs (orthogonal init, zero bias as in E2VID).
+
+    The convs compute in `dtype`; the state and its update are float32, as in ConvLSTM.
+    """
 
     features: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, hidden):
         if hidden is None:
-            hidden = jnp.zeros(x.shape[:-1] + (self.features,), x.dtype)
-        gate = functools.partial(_conv, self.features, 3, 1, True, kernel_init=nn.initializers.orthogonal())
-        stacked = jnp.concatenate([x, hidden], axis=-1)
-        update = nn.sigmoid(gate("update_gate")(stacked))
+            hidden = jnp.zeros(x.shape[:-1] + (self.features,), jnp.float32)
+        x = x.astype(self.dtype)
+        gate = functools.partial(_conv, self.features, 3, 1, True, self.dtype,
+                                 kernel_init=nn.initializers.orthogonal())
+        stacked = jnp.concatenate([x, hidden.astype(self.dtype)], axis=-1)
+        update = nn.sigmoid(gate("update_gate")(stacked).astype(jnp.float32))
         reset = nn.sigmoid(gate("reset_gate")(stacked))
-        candidate = jnp.tanh(gate("out_gate")(jnp.concatenate([x, hidden * reset], axis=-1)))
-        hidden = hidden * (1 - update) + candidate * update
-        return hidden, hidden
+        candidate = jnp.tanh(gate("out_gate")(jnp.concatenate([x, hidden.astype(self.dtype) * reset], axis=-1)))
+        hidden = hidden * (1 - update) + candidate.astype(jnp.float32) * update
+        return hidden.astype(self.dtype), hidden
 
 
 class RecurrentConvLayer(nn.Module):
@@ -253,29 +272,31 @@ class RecurrentConvLayer(nn.Module):
     features: int
     norm: str
     recurrent_block: str
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, state, train: bool):
-        x = ConvLayer(self.features, 5, 2, self.norm, name="conv")(x, train)
+        x = ConvLayer(self.features, 5, 2, self.norm, dtype=self.dtype, name="conv")(x, train)
         cell = ConvLSTM if self.recurrent_block == "convlstm" else ConvGRU
-        return cell(self.features, name=self.recurrent_block)(x, state)
+        return cell(self.features, dtype=self.dtype, name=self.recurrent_block)(x, state)
 
 
 class ResidualBlock(nn.Module):
     """conv3x3 -> norm -> ReLU -> conv3x3 -> norm -> + input -> ReLU (post-activation)."""
 
     norm: str
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
         features = x.shape[-1]
         use_bias = self.norm != "BN"
         # E2VID's residual blocks build InstanceNorm without running statistics.
-        out = _conv(features, 3, 1, use_bias, "conv1")(x)
-        out = nn.relu(_norm(self.norm, train, "norm1", instance_running_stats=False)(out))
-        out = _conv(features, 3, 1, use_bias, "conv2")(out)
-        out = _norm(self.norm, train, "norm2", instance_running_stats=False)(out)
-        return nn.relu(out + x)
+        out = _conv(features, 3, 1, use_bias, self.dtype, "conv1")(x)
+        out = nn.relu(_norm(self.norm, train, self.dtype, "norm1", instance_running_stats=False)(out))
+        out = _conv(features, 3, 1, use_bias, self.dtype, "conv2")(out)
+        out = _norm(self.norm, train, self.dtype, "norm2", instance_running_stats=False)(out)
+        return nn.relu(out + x.astype(self.dtype))
 
 
 def upsample_bilinear_x2(x):
@@ -302,6 +323,7 @@ class DecoderLayer(nn.Module):
     features: int
     decoder: str
     norm: str
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -313,10 +335,10 @@ class DecoderLayer(nn.Module):
             # (kh, kw, out, in), PyTorch's (in, out, kh, kw) transposed by (2, 3, 1, 0).
             x = nn.ConvTranspose(self.features, (5, 5), strides=(2, 2), padding=((2, 3), (2, 3)),
                                  transpose_kernel=True, use_bias=use_bias, kernel_init=torch_default_kernel_init,
-                                 name="transposed_conv")(x)
+                                 dtype=self.dtype, name="transposed_conv")(x)
         else:
-            x = _conv(self.features, 5, 1, use_bias, "conv")(upsample_bilinear_x2(x))
-        return nn.relu(_norm(self.norm, train, "norm")(x))
+            x = _conv(self.features, 5, 1, use_bias, self.dtype, "conv")(upsample_bilinear_x2(x))
+        return nn.relu(_norm(self.norm, train, self.dtype, "norm")(x))
 
 
 def _check_voxels(voxels, config) -> None:
@@ -349,10 +371,12 @@ class E2VID(nn.Module):
     voxels (B, H, W, num_bins) with H, W multiples of 2**num_encoders; image (B, H, W, 1) in (0, 1); state
     is a tuple over encoders of (h, c) (ConvLSTM) or h (ConvGRU), None meaning zeros; the non-recurrent
     UNet ignores it and returns None. train=True normalises with batch statistics and updates the running
-    ones (apply with mutable=["batch_stats"]).
+    ones (apply with mutable=["batch_stats"]). Layers compute in `dtype`; parameters, batch statistics, the
+    recurrent state and the image are float32.
     """
 
     config: Any
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, voxels, state=None, train: bool = False):
@@ -368,25 +392,25 @@ class E2VID(nn.Module):
             return x + skipped if config.skip == "sum" else jnp.concatenate([x, skipped], axis=-1)
 
         # The head never has a norm layer, even in BN configurations.
-        x = head = ConvLayer(base, 5, 1, "none", name="head")(voxels, train)
+        x = head = ConvLayer(base, 5, 1, "none", dtype=self.dtype, name="head")(voxels, train)
         skips, new_state = [], []
         for i in range(levels):
             features = base * 2 ** (i + 1)
             if config.recurrent:
                 layer_state = None if state is None else state[i]
                 x, encoder_state = RecurrentConvLayer(features, config.norm, config.recurrent_block,
-                                                      name=f"encoder_{i}")(x, layer_state, train)
+                                                      dtype=self.dtype, name=f"encoder_{i}")(x, layer_state, train)
                 new_state.append(encoder_state)
             else:
-                x = ConvLayer(features, 5, 2, config.norm, name=f"encoder_{i}")(x, train)
+                x = ConvLayer(features, 5, 2, config.norm, dtype=self.dtype, name=f"encoder_{i}")(x, train)
             skips.append(x)
         for i in range(config.num_residual_blocks):
-            x = ResidualBlock(config.norm, name=f"resblock_{i}")(x, train)
+            x = ResidualBlock(config.norm, dtype=self.dtype, name=f"resblock_{i}")(x, train)
         for i in range(levels):
-            x = DecoderLayer(base * 2 ** (levels - 1 - i), config.decoder, config.norm,
+            x = DecoderLayer(base * 2 ** (levels - 1 - i), config.decoder, config.norm, dtype=self.dtype,
                              name=f"decoder_{i}")(skip(x, skips[levels - 1 - i]), train)
-        logits = ConvLayer(1, 1, 1, config.norm, relu=False, name="pred")(skip(x, head), train)
-        return nn.sigmoid(logits), (tuple(new_state) if config.recurrent else None)
+        logits = ConvLayer(1, 1, 1, config.norm, relu=False, dtype=self.dtype, name="pred")(skip(x, head), train)
+        return nn.sigmoid(logits.astype(jnp.float32)), (tuple(new_state) if config.recurrent else None)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -486,13 +510,13 @@ def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
         raise E2VIDCheckpointError(f"{path}: not a valid E2VID configuration ({error}).") from error
 
 
-def load_pretrained(directory: str | os.PathLike) -> tuple[E2VID, dict]:
-    """(module, variables) from a save_pretrained directory; no PyTorch needed."""
+def load_pretrained(directory: str | os.PathLike, *, dtype: Any = jnp.float32) -> tuple[E2VID, dict]:
+    """(module computing in `dtype`, float32 variables) from a save_pretrained directory; no PyTorch needed."""
     config = load_config(directory)
     variables = pretrained.restore_saved(pathlib.Path(directory).absolute() / VARIABLES_DIR,
                                          abstract_variables(config), what="variables", config_file=CONFIG_FILE,
                                          error_class=E2VIDCheckpointError)
-    return E2VID(_frozen(config)), variables
+    return E2VID(_frozen(config), dtype=dtype), variables
 
 
 def parameter_count(variables) -> int:

@@ -198,9 +198,10 @@ class ReIdNetwork(nn.Module):
     """ResNet trunk + global average pool + ClassBlock or BNNeck head.
 
     `__call__(x, *, train)` takes NHWC input with any number of channels and returns
-    `{"logits": (N, num_classes) float32, "embed": (N, E), "pool5": (N, feature_width)}`.
+    `{"logits": (N, num_classes), "embed": (N, E), "pool5": (N, feature_width)}`, all float32.
     With head="classblock", E = embed_dim (after BN + LeakyReLU, as in the paper); with head="bnneck",
-    `embed` is the batch-normalised pool5 and E = feature_width (embed_dim is not used).
+    `embed` is the batch-normalised pool5 and E = feature_width (embed_dim is not used). Layers compute in
+    `dtype`; parameters and batch statistics are float32.
     """
 
     depth: int
@@ -222,19 +223,21 @@ class ReIdNetwork(nn.Module):
         feature_map = ResNet(self.depth, self.width, self.last_stride, dtype=self.dtype, name="backbone")(
             x, train=train
         )
-        pool5 = global_average_pool(feature_map)
+        # Pooled in float32: pool5 is a returned descriptor, so it keeps float32 precision.
+        pool5 = global_average_pool(feature_map.astype(jnp.float32))
         if self.head == "classblock":
             outputs = ClassBlock(self.num_classes, self.embed_dim, dtype=self.dtype, name="head")(pool5, train=train)
         else:
             outputs = BNNeck(self.num_classes, dtype=self.dtype, name="head")(pool5, train=train)
-        return {"logits": outputs["logits"].astype(jnp.float32), "embed": outputs["embed"], "pool5": pool5}
+        return {"logits": outputs["logits"].astype(jnp.float32), "embed": outputs["embed"].astype(jnp.float32),
+                "pool5": pool5}
 
 
 MODEL_CONFIG_FIELDS: Sequence[str] = ("depth", "width", "last_stride", "head", "embed_dim")
 
 
 def build_reid_network(config: ml_collections.ConfigDict, num_classes: int, *, dtype: Any = jnp.float32) -> ReIdNetwork:
-    """A ReIdNetwork from `config` (fields depth, width, last_stride, head, embed_dim), checked up front."""
+    """A ReIdNetwork computing in `dtype` from `config` (depth, width, last_stride, head, embed_dim), checked."""
     missing = [field for field in MODEL_CONFIG_FIELDS if field not in config]
     if missing:
         raise ReIdNetworkError(
