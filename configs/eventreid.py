@@ -44,6 +44,7 @@ def get_config(arg=None):
     config.method = "event_anonymization"  # anon_jax.methods registry key
     config.seed = 0  # seeds parameters, sampling, augmentation and the query draw
     config.mesh_shape = (-1,)  # devices per mesh axis ("data", ["model"]); -1 = all devices
+    config.compute_dtype = "auto"  # "float32", "bfloat16", or "auto" = bfloat16 on GPU/TPU, float32 on CPU
     config.stages = ("reconstructor", "data", "baseline", "joint", "attacks", "evaluate")  # "baseline", "attacks" optional
 
     # Data and the raw-event ReId baseline come from configs/eventreid_baseline.py (fields documented there).
@@ -55,6 +56,8 @@ def get_config(arg=None):
     rec.scan_unroll = True  # unroll the stateful attacker's time loop (faster on CPU, slower to compile)
     # The pretraining run used when rec.path is "" (fields documented in configs/e2vid_pretrain.py).
     rec.pretrain = _sibling_config("e2vid_pretrain", "smoke" if variant == "smoke" else "default")
+    rec.pretrain.compute_dtype = config.get_ref("compute_dtype")  # follows the main job's setting
+    rec.pretrain.mesh_shape = config.get_ref("mesh_shape")  # follows the main job's setting
     rec.pretrain.data.pedestrian_seed = 1  # other people than the ReId identities: the attacker never saw them
     rec.pretrain.train.num_steps = 600 if variant == "default" else rec.pretrain.train.num_steps  # CPU budget
 
@@ -117,3 +120,13 @@ def get_config(arg=None):
         joint.anonymizer_lr_multiplier = 0.1
         joint.optimizer = ml_collections.ConfigDict(base.optimizer.to_dict())  # the paper's schedule, as the baseline
     return config
+
+
+def get_sweep(arg=None):
+    """Privacy-utility sweep for `launch/sweep.py`: the weight w_rec of the reconstruction (privacy) term.
+
+    0 trains the anonymizer for ReId and voxel structure only (no pressure against the attacker); larger weights
+    trade ReId accuracy for worse reconstructions. The same weights serve every variant.
+    """
+    del arg  # every variant sweeps the same weights
+    return [{"joint.loss.rec_weight": weight} for weight in (0.0, 0.5, 1.0, 2.0)]

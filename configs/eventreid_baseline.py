@@ -19,6 +19,7 @@ def get_config(arg=None):
     config.method = "reid_baseline"  # anon_jax.methods registry key
     config.seed = 0  # seeds parameters, sampling, augmentation and the query draw
     config.mesh_shape = (-1,)  # devices per mesh axis ("data", ["model"]); -1 = all devices
+    config.compute_dtype = "auto"  # "float32", "bfloat16", or "auto" = bfloat16 on GPU/TPU, float32 on CPU
 
     # Fields documented in anon_jax/data/datasets.py (data_config).
     config.data = data = datasets.data_config()

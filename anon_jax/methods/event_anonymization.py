@@ -31,7 +31,7 @@ from anon_jax.models import anonymizer as anonymizer_lib
 from anon_jax.models import e2vid
 from anon_jax.models import reid as reid_models
 from anon_jax.training import mesh as mesh_lib
-from anon_jax.training import optim
+from anon_jax.training import multihost, optim, precision
 from anon_jax.training.checkpoint import Checkpoints
 from anon_jax.training.loop import create_writer, train_loop
 from anon_jax.training.stages import run_stage, run_training_stage
@@ -109,7 +109,7 @@ def prepare_reconstructor(config, workdir: str) -> dict:
         return {"reconstructor_dir": path, "source": "pretrained directory"}
     if path and os.path.isfile(path):
         out_dir = os.path.join(stage_dir, reconstructor_pretrain.RECONSTRUCTOR_DIR)
-        e2vid_convert.convert_checkpoint(path, out_dir)
+        multihost.primary_only("E2VID import", lambda: e2vid_convert.convert_checkpoint(path, out_dir))
         return {"reconstructor_dir": out_dir, "source": f"imported from {path}"}
     if path:
         raise FileNotFoundError(f"config.reconstructor.path={config.reconstructor.path!r} does not exist; give an "
@@ -300,19 +300,6 @@ def train_attack(name: str, attack_cfg, params, apply_fn, prepare, arrays: dict,
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Batched inference
-
-
-def batched(fn, arrays, *, batch_size: int, mesh):
-    """Concatenated host outputs of `fn(batch)` (jitted here) over the leading axis of `arrays`."""
-    fn = jax.jit(fn)
-    outputs = []
-    for batch, count in reconstructor_pretrain.padded_batches(arrays, batch_size, mesh):
-        outputs.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[:count], jax.device_get(fn(batch))))
-    return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *outputs)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The method
 
 
@@ -324,15 +311,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.joint.loss.reference not in REFERENCES:
         raise ValueError(f"config.joint.loss.reference={config.joint.loss.reference!r}: use one of {REFERENCES}.")
     mesh = mesh_lib.make_mesh(config.mesh_shape)
+    dtype = precision.compute_dtype(config.compute_dtype)
     tensorboard_dir = f"{workdir}/tensorboard"
 
     reconstructor_info = run_stage(workdir, "reconstructor", lambda d: prepare_reconstructor(config, workdir))
-    reconstructor_module, reconstructor_variables = e2vid.load_pretrained(reconstructor_info["reconstructor_dir"])
+    reconstructor_module, reconstructor_variables = e2vid.load_pretrained(reconstructor_info["reconstructor_dir"],
+                                                                          dtype=dtype)
     reconstructor_variables = mesh_lib.replicate(reconstructor_variables, mesh)
     reconstructor = Reconstructor(reconstructor_module, unroll=config.reconstructor.scan_unroll)
 
-    data_info = run_stage(workdir, "data", lambda stage_dir: datasets.prepare_event_reid(config.data, stage_dir))
-    splits = datasets.load_event_reid(config.data, data_info)
+    data_info = run_stage(workdir, "data", lambda stage_dir: datasets.prepare_event_reid(config.data, stage_dir),
+                          primary_only=True)
+    splits = multihost.primary_first("voxel cache", lambda: datasets.load_event_reid(config.data, data_info))
     train = splits["train"]
     reference_kind = config.joint.loss.reference
     if reference_kind == "auto":
@@ -351,8 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         stateless reconstructions of its raw voxels."""
         if "frames" in split:
             return split["frames"]
-        return batched(lambda batch: reconstructor.windows(reconstructor_variables, batch["voxels"]),
-                       {"voxels": split["voxels"]}, batch_size=config.eval.batch_size, mesh=mesh)
+        return mesh_lib.map_batches(reconstructor.windows, reconstructor_variables, split["voxels"],
+                                    batch_size=config.eval.batch_size, mesh=mesh)
 
     details = {"dataset": config.data.name, "reference": reference_kind, "reconstructor": reconstructor_info["source"],
                "attacker_in_training": config.joint.attacker, "train_chunks": int(len(train["labels"])),
@@ -364,21 +354,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if "baseline" in stages:
         baseline, baseline_info = run_training_stage(workdir, "baseline", lambda stage_dir: reid_baseline.fit(
             config.baseline, train, stage_dir, mesh=mesh, seed=config.seed, tensorboard_dir=tensorboard_dir,
-            name="baseline"))
+            name="baseline", dtype=dtype))
         details["baseline_steps"], details["baseline_seconds"] = baseline_info["num_steps"], baseline_info["seconds"]
 
-    anonymizer = anonymizer_lib.build_anonymizer(config.anonymizer)
-    reid = reid_models.build_reid_network(config.baseline.model, num_classes=num_classes)
+    anonymizer = anonymizer_lib.build_anonymizer(config.anonymizer, dtype=dtype)
+    reid = reid_models.build_reid_network(config.baseline.model, num_classes=num_classes, dtype=dtype)
 
     def joint_stage(stage_dir):
         trained, info = train_joint(config, stage_dir, train, anonymizer, reid, reconstructor,
                                     reconstructor_variables, baseline[1] if baseline else None, mesh=mesh,
                                     use_frames=use_frames, tensorboard_dir=tensorboard_dir)
-        anonymizer_lib.save_pretrained(
-            os.path.join(workdir, ANONYMIZER_DIR), config.anonymizer, jax.device_get(trained["params"]["anonymizer"]),
+        anonymizer_params = jax.device_get(trained["params"]["anonymizer"])
+        multihost.primary_only("anonymizer export", lambda: anonymizer_lib.save_pretrained(
+            os.path.join(workdir, ANONYMIZER_DIR), config.anonymizer, anonymizer_params,
             voxel=dict(num_bins=config.data.num_bins, height=config.data.height, width=config.data.width,
                        partition_mode=config.data.partition_mode, chunk_duration=config.data.chunk_duration,
-                       chunk_count=config.data.chunk_count))
+                       chunk_count=config.data.chunk_count)))
         return trained, info
 
     joint, joint_info = run_training_stage(workdir, "joint", joint_stage)
@@ -468,12 +459,16 @@ def run_attacks(config, workdir, train, anonymizer, anonymizer_params, reconstru
     def anonymize_batch(batch):
         return anonymizer.apply({"params": anonymizer_params}, batch["voxels"])
 
+    dtype = precision.compute_dtype(config.compute_dtype)
     inverter = anonymizer_lib.ResidualUNet(out_channels=config.data.num_bins, base_features=cfg.inversion.base_features,
-                                           num_levels=cfg.inversion.num_levels)
+                                           num_levels=cfg.inversion.num_levels, dtype=dtype)
+
+    def invert(params, voxels):
+        return inverter.apply({"params": params}, voxels)
 
     def inversion(stage_dir):
         params = jax.jit(inverter.init)(jax.random.key(config.seed + 2), jnp.zeros((1, *input_shape)))["params"]
-        return train_attack("inversion", cfg.inversion, params, lambda p, x: inverter.apply({"params": p}, x),
+        return train_attack("inversion", cfg.inversion, params, invert,
                             anonymize_batch, {"voxels": train["voxels"], "targets": train["voxels"]}, stage_dir,
                             mesh=mesh, seed=config.seed, tensorboard_dir=tensorboard_dir)
 
@@ -489,9 +484,10 @@ def run_attacks(config, workdir, train, anonymizer, anonymizer_params, reconstru
     (leakage_model, leakage_variables), leakage_info = run_training_stage(
         attacks_dir, "leakage", lambda stage_dir: reid_baseline.fit(
             cfg.leakage, {"voxels": train_truth, "labels": train["labels"]}, stage_dir, mesh=mesh,
-            seed=config.seed, tensorboard_dir=tensorboard_dir, name="leakage"))
+            seed=config.seed, tensorboard_dir=tensorboard_dir, name="leakage", dtype=dtype))
     return {
-        "invert": jax.jit(lambda x: inverter.apply({"params": inverter_params}, x)),
+        "invert": invert,
+        "inverter_params": inverter_params,
         "adaptive_variables": {**reconstructor_variables, "params": adaptive_params},
         "leakage_model": leakage_model,
         "leakage_variables": leakage_variables,

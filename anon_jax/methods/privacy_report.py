@@ -22,6 +22,7 @@ from PIL import Image
 from anon_jax.data import datasets
 from anon_jax.methods import reid_baseline
 from anon_jax.metrics import image as image_metrics
+from anon_jax.training import mesh as mesh_lib
 from anon_jax.training import report as report_lib
 
 REID_ROWS = ("embed / standard AP", "embed / trapezoid AP", "pool5 / standard AP")
@@ -50,7 +51,6 @@ def evaluate(config, splits, *, mesh, figure_dir, reference_kind, ground_truth, 
     """Stage "evaluate": JSON-able results {"reid", "privacy", "figures", ...}; writes the figures."""
     batch = config.eval.batch_size
     query, gallery = splits["query"], splits["gallery"]
-    anonymize = jax.jit(lambda x: anonymizer.apply({"params": anonymizer_params}, x))
     results, cmc = {"reid": {}, "privacy": {}}, {}
 
     def retrieval(prefix, apply_fn, variables):
@@ -72,31 +72,33 @@ def evaluate(config, splits, *, mesh, figure_dir, reference_kind, ground_truth, 
     logging.info("Attack windows: %d recordings x %d windows (%s)", shape[0], shape[1],
                  "consecutive" if sequences["consecutive"] else "not consecutive: list-only data")
 
-    def run(fn, voxels):
-        """fn applied to (S, L, ...) voxels batch-wise over recordings, returning (S * L, ...) host arrays."""
-        outputs = []
-        per = max(1, batch // shape[1])
-        for start in range(0, shape[0], per):
-            outputs.append(np.asarray(jax.device_get(fn(jnp.asarray(voxels[start:start + per])))))
-        out = np.concatenate(outputs)
+    def run(fn, params, voxels):
+        """fn(params, (S, L, ...) voxels) batch-wise over recordings, returning (S * L, ...) host arrays."""
+        out = mesh_lib.map_batches(fn, params, voxels, batch_size=max(1, batch // shape[1]), mesh=mesh)
         return out.reshape((-1,) + out.shape[2:])
 
+    def per_window(apply_fn):
+        """(params, (S, L, ...)) -> apply_fn(params, window) for every window."""
+        return lambda params, voxels: jax.vmap(lambda v: apply_fn(params, v), in_axes=1, out_axes=1)(voxels)
+
     inputs = {RAW: sequences["voxels"]}
-    inputs[ANONYMISED] = run(jax.jit(jax.vmap(anonymize, in_axes=1, out_axes=1)), sequences["voxels"]).reshape(shape)
+    inputs[ANONYMISED] = run(per_window(lambda p, v: anonymizer.apply({"params": p}, v)), anonymizer_params,
+                             sequences["voxels"]).reshape(shape)
     attack_inputs = [("raw events -> reconstructor", RAW, reconstructor_variables),
                      ("anonymised -> reconstructor", ANONYMISED, reconstructor_variables)]
     if attacks is not None:
-        inputs["inverted"] = run(jax.jit(jax.vmap(attacks["invert"], in_axes=1, out_axes=1)),
+        inputs["inverted"] = run(per_window(attacks["invert"]), attacks["inverter_params"],
                                  inputs[ANONYMISED]).reshape(shape)
         attack_inputs += [("inversion attack -> reconstructor", "inverted", reconstructor_variables),
                           ("anonymised -> adaptive reconstructor", ANONYMISED, attacks["adaptive_variables"])]
     images = {}
     for name, source, variables in attack_inputs:
         for mode in ("stateless", "stateful"):
-            fn = jax.jit(lambda v, variables=variables, mode=mode: reconstructor.apply(
-                variables, v if mode == "stateful" else v.reshape((-1,) + v.shape[2:]), mode).reshape(
-                v.shape[:2] + v.shape[2:4] + (1,)))
-            images[f"{name} ({mode})"] = run(fn, inputs[source])
+            def reconstruct(variables, v, mode=mode):
+                windows = v if mode == "stateful" else v.reshape((-1,) + v.shape[2:])
+                return reconstructor.apply(variables, windows, mode).reshape(v.shape[:2] + v.shape[2:4] + (1,))
+
+            images[f"{name} ({mode})"] = run(reconstruct, variables, inputs[source])
     raw_reconstructions = images["raw events -> reconstructor (stateless)"]
     references = frames if reference_kind == "frames" else raw_reconstructions
     truths = raw_reconstructions if frames is None else frames

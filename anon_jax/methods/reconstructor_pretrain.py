@@ -29,14 +29,13 @@ from anon_jax.data import pipeline  # noqa: E402
 from anon_jax.data import reconstruction_sequences as sequences  # noqa: E402
 from anon_jax.events import EventStream  # noqa: E402
 from anon_jax.events.integration import leaky_integration_frames  # noqa: E402
-from anon_jax.files import atomic_target  # noqa: E402
 from anon_jax.metrics import image as image_metrics  # noqa: E402
 from anon_jax.models import e2vid  # noqa: E402
 from anon_jax.training import mesh as mesh_lib  # noqa: E402
-from anon_jax.training import optim  # noqa: E402
+from anon_jax.training import multihost, optim, precision  # noqa: E402
+from anon_jax.training import report as report_lib  # noqa: E402
 from anon_jax.training.checkpoint import Checkpoints  # noqa: E402
 from anon_jax.training.loop import create_writer, train_loop  # noqa: E402
-from anon_jax.training.report import write_report  # noqa: E402
 from anon_jax.training.stages import run_stage  # noqa: E402
 
 RECONSTRUCTOR_DIR = "reconstructor"
@@ -113,8 +112,8 @@ def sequence_losses(images, frames, flows, loss_config) -> dict:
 # Model, state and steps
 
 
-def build_model(config: ml_collections.ConfigDict) -> e2vid.E2VID:
-    return e2vid.E2VID(ml_collections.FrozenConfigDict(e2vid.e2vid_config(**config.model.to_dict())))
+def build_model(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> e2vid.E2VID:
+    return e2vid.E2VID(ml_collections.FrozenConfigDict(e2vid.e2vid_config(**config.model.to_dict())), dtype=dtype)
 
 
 def reconstruct_windows(module, variables, voxels, *, train: bool, unroll):
@@ -217,7 +216,7 @@ def make_train_step(config: ml_collections.ConfigDict, module, tx):
 
 
 def make_validation_fn(config: ml_collections.ConfigDict, module):
-    """Jitted (variables, batch) -> per-sequence total loss (B,) without augmentation."""
+    """(variables, batch) -> per-sequence total loss (B,) without augmentation."""
 
     def per_sequence(images, frames, flows):
         return sequence_losses(images[:, None], frames[:, None], flows[:, None], config.loss)["loss"]
@@ -228,7 +227,7 @@ def make_validation_fn(config: ml_collections.ConfigDict, module):
         return jax.vmap(per_sequence, in_axes=1)(images, _time_major(batch["frames"]),
                                                  _time_major(batch["flows"].astype(jnp.float32)))
 
-    return jax.jit(validation_losses)
+    return validation_losses
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -258,17 +257,6 @@ def validation_items(split: dict, length: int) -> dict:
     pieces = split["voxels"].shape[1] // length
     return {name: split[name][:, :pieces * length].reshape((-1, length) + split[name].shape[2:])
             for name in ("voxels", "frames", "flows")}
-
-
-def padded_batches(arrays: dict, batch_size: int, mesh):
-    """(batch sharded over the devices, number of real rows) over `arrays`, the last batch padded by repeats."""
-    num_devices = mesh.shape[mesh_lib.DATA_AXIS]
-    batch_size = -(-batch_size // num_devices) * num_devices
-    total = len(next(iter(arrays.values())))
-    for start in range(0, total, batch_size):
-        rows = np.minimum(np.arange(start, start + batch_size), total - 1)
-        batch = {name: value[rows] for name, value in arrays.items()}
-        yield jax.device_put(batch, mesh_lib.batch_sharding(mesh)), min(batch_size, total - start)
 
 
 def _check_train_config(config, data_split: dict) -> None:
@@ -313,24 +301,24 @@ def save_figure(path: str, rows: dict[str, np.ndarray], window_indices) -> None:
                 axis.set_ylabel(name, fontsize=8)
             if row == 0:
                 axis.set_title(f"window {window + 1}", fontsize=8)
-    figure.tight_layout()
-    with atomic_target(path) as tmp, open(tmp, "wb") as file:
-        figure.savefig(file, format="png")
-    plt.close(figure)
+    report_lib.save_figure(figure, path)
+
+
+def reconstruct_sequences(module, variables, voxels):
+    """(B, L, H, W, bins) voxel sequences -> (B, L, H, W, 1) stateful E2VID reconstructions."""
+    images, _ = e2vid.run_sequence(module, variables, _time_major(voxels.astype(jnp.float32)))
+    return _time_major(images)
 
 
 def evaluate(config: ml_collections.ConfigDict, test: dict, reconstructor_dir: str, mesh, *,
              base_intensity: float, figure_path: str) -> dict:
     """Reconstructs every test sequence with the saved E2VID and with leaky integration; returns metric rows."""
-    module, variables = e2vid.load_pretrained(reconstructor_dir)
+    module, variables = e2vid.load_pretrained(reconstructor_dir, dtype=precision.compute_dtype(config.compute_dtype))
     variables = mesh_lib.replicate(variables, mesh)
     num_sequences, num_windows, height, width = test["frames"].shape[:4]
     skip = config.evaluate.skip_windows
-    reconstructions = []
-    for batch, count in padded_batches({"voxels": test["voxels"]}, config.evaluate.batch_size, mesh):
-        images, _ = e2vid.run_sequence(module, variables, _time_major(batch["voxels"].astype(jnp.float32)))
-        reconstructions.append(np.asarray(jax.device_get(_time_major(images)))[:count])
-    reconstructions = np.concatenate(reconstructions)
+    reconstructions = mesh_lib.map_batches(functools.partial(reconstruct_sequences, module), variables,
+                                           test["voxels"], batch_size=config.evaluate.batch_size, mesh=mesh)
     baselines = {}
     for normalization in ("fixed", "minmax"):
         frames = [leaky_integration_frames(sequence_stream(test, i, height, width), test["window_ends_us"],
@@ -378,12 +366,12 @@ def prepare_data(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the data, train and evaluate stages in `workdir`; returns the report."""
     mesh = mesh_lib.make_mesh(config.mesh_shape)
-    data_info = run_stage(workdir, "data", lambda stage_dir: prepare_data(config, stage_dir))
+    data_info = run_stage(workdir, "data", lambda stage_dir: prepare_data(config, stage_dir), primary_only=True)
     data_dir = data_info["directory"]
     train_split = sequences.load_or_simulate_split(config.data, "train", data_dir)
     _check_train_config(config, train_split)
     reconstructor_dir = os.path.join(workdir, RECONSTRUCTOR_DIR)
-    module = build_model(config)
+    module = build_model(config, dtype=precision.compute_dtype(config.compute_dtype))
     windows_per_step = config.train.batch_size * config.train.sequence_length
     steps_per_epoch = max(1, train_split["voxels"].shape[0] * train_split["voxels"].shape[1] // windows_per_step)
 
@@ -416,9 +404,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if step % config.train.validate_every_steps and step != num_steps:
                 return
             variables = network_variables(latest["state"]["e2vid"])
-            losses = [np.asarray(jax.device_get(validation_fn(variables, batch)))[:count]
-                      for batch, count in padded_batches(validation, config.evaluate.batch_size, mesh)]
-            loss = float(np.concatenate(losses).mean())
+            loss = float(mesh_lib.map_batches(validation_fn, variables, validation,
+                                              batch_size=config.evaluate.batch_size, mesh=mesh).mean())
             history.append({"step": step, "loss": loss})
             writer.write_scalars(step, {"validation/loss": loss})
             logging.info("[e2vid] step %d | validation loss %.4f", step, loss)
@@ -428,7 +415,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            checkpoints=checkpoints, writer=writer, log_every_steps=config.train.log_every_steps,
                            on_log=on_log)
         checkpoints.close()
-        e2vid.save_pretrained(reconstructor_dir, module.config, jax.device_get(network_variables(state["e2vid"])))
+        final_variables = jax.device_get(network_variables(state["e2vid"]))
+        multihost.primary_only("reconstructor export", lambda: e2vid.save_pretrained(
+            reconstructor_dir, module.config, final_variables))
         return {"num_steps": num_steps, "seconds": round(time.perf_counter() - started, 1),
                 "validation": history, "reconstructor_dir": reconstructor_dir,
                 "parameters": e2vid.parameter_count(network_variables(state["e2vid"]))}
@@ -463,5 +452,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "reconstructor": train_info["reconstructor_dir"],
         "devices": jax.device_count(),
     }
-    return write_report(workdir, title="E2VID reconstructor pretrained on simulated events", metrics=rows,
+    return report_lib.write_report(workdir, title="E2VID reconstructor pretrained on simulated events", metrics=rows,
                         details=details)

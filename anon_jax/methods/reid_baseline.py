@@ -24,7 +24,7 @@ from anon_jax.data import datasets, pipeline
 from anon_jax.metrics import reid as reid_metrics
 from anon_jax.models import reid as reid_models
 from anon_jax.training import mesh as mesh_lib
-from anon_jax.training import optim
+from anon_jax.training import multihost, optim, precision
 from anon_jax.training.checkpoint import Checkpoints
 from anon_jax.training.loop import create_writer, train_loop
 from anon_jax.training.report import write_report
@@ -113,22 +113,6 @@ def make_feature_fn(apply_fn):
     return features
 
 
-def extract_features(feature_fn, variables, voxels: np.ndarray, *, batch_size: int, mesh) -> dict[str, np.ndarray]:
-    """Runs the jitted feature function over `voxels` in padded, device-sharded batches."""
-    num_devices = mesh.shape[mesh_lib.DATA_AXIS]
-    batch_size = -(-batch_size // num_devices) * num_devices
-    outputs = {"embed": [], "pool5": []}
-    for start in range(0, len(voxels), batch_size):
-        chunk = voxels[start : start + batch_size]
-        padded = np.zeros((batch_size, *voxels.shape[1:]), voxels.dtype)
-        padded[: len(chunk)] = chunk
-        batch = jax.device_put(padded, mesh_lib.batch_sharding(mesh))
-        features = jax.device_get(feature_fn(variables, batch))
-        for name in outputs:
-            outputs[name].append(np.asarray(features[name][: len(chunk)]))
-    return {name: np.concatenate(parts) for name, parts in outputs.items()}
-
-
 def evaluate_retrieval(query_features, gallery_features, query, gallery, *, max_rank: int) -> dict:
     """CMC/mAP of cosine ranking under both AP rules."""
     distances = reid_metrics.cosine_distance(query_features, gallery_features)
@@ -161,15 +145,15 @@ def make_sampler(spec: ml_collections.ConfigDict, labels: np.ndarray, *, seed: i
 
 
 def fit(spec: ml_collections.ConfigDict, train: dict, stage_dir: str, *, mesh, seed: int, tensorboard_dir: str,
-        name: str = "reid"):
+        name: str = "reid", dtype=jnp.float32):
     """Trains a ReId network on `train` ("voxels" (N, H, W, C) of any channel count, "labels") to the end.
 
-    `spec` holds the model, loss, train and optimizer sections. Resumes from the checkpoints in
-    `stage_dir/checkpoints`; when they already hold the last step, nothing is trained. Returns
-    ((model, variables), info) with the final variables {"params", "batch_stats"}.
+    `spec` holds the model, loss, train and optimizer sections; the network computes in `dtype` (float32 params).
+    Resumes from the checkpoints in `stage_dir/checkpoints`; when they already hold the last step, nothing is
+    trained. Returns ((model, variables), info) with the final variables {"params", "batch_stats"}.
     """
     num_classes = int(train["labels"].max()) + 1
-    model = reid_models.build_reid_network(spec.model, num_classes=num_classes)
+    model = reid_models.build_reid_network(spec.model, num_classes=num_classes, dtype=dtype)
     mesh_lib.check_batch_size(spec.train.batch_size, mesh)
     sampler = make_sampler(spec, train["labels"], seed=seed)
     steps_per_epoch = len(sampler(epoch=0))
@@ -201,7 +185,7 @@ def evaluate_features(feature_fn, variables, query: dict, gallery: dict, *, batc
                       mesh) -> dict:
     """Rows "<descriptor> / <AP rule> AP" of CMC/mAP for both descriptors of `feature_fn`."""
     feats = {
-        name: extract_features(feature_fn, variables, split["voxels"], batch_size=batch_size, mesh=mesh)
+        name: mesh_lib.map_batches(feature_fn, variables, split["voxels"], batch_size=batch_size, mesh=mesh)
         for name, split in (("query", query), ("gallery", gallery))
     }
     rows = {}
@@ -221,8 +205,10 @@ def summary_rows(evaluated: dict) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the data, train and evaluate stages in `workdir`; returns the report."""
     mesh = mesh_lib.make_mesh(config.mesh_shape)
-    data_info = run_stage(workdir, "data", lambda stage_dir: datasets.prepare_event_reid(config.data, stage_dir))
-    splits = datasets.load_event_reid(config.data, data_info)
+    dtype = precision.compute_dtype(config.compute_dtype)
+    data_info = run_stage(workdir, "data", lambda stage_dir: datasets.prepare_event_reid(config.data, stage_dir),
+                          primary_only=True)
+    splits = multihost.primary_first("voxel cache", lambda: datasets.load_event_reid(config.data, data_info))
     train = splits["train"]
     logging.info(
         "Data: %d train chunks (%d identities), %d query, %d gallery; voxel %s",
@@ -230,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         len(splits["gallery"]["labels"]), train["voxels"].shape[1:],
     )
     (model, variables), train_info = run_training_stage(workdir, "train", lambda stage_dir: fit(
-        config, train, stage_dir, mesh=mesh, seed=config.seed, tensorboard_dir=f"{workdir}/tensorboard"))
+        config, train, stage_dir, mesh=mesh, seed=config.seed, tensorboard_dir=f"{workdir}/tensorboard", dtype=dtype))
 
     def evaluate_stage(stage_dir):
         del stage_dir

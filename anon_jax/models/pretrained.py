@@ -36,9 +36,17 @@ def shape_mismatches(expected, got) -> str:
                      for p in mismatched)
 
 
+def _this_process_checkpointer() -> ocp.StandardCheckpointer:
+    """A checkpointer involving only this process: exported models are written by process 0 alone and read by
+    every process on its own, not collectively like training checkpoints."""
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+
+
 def save_tree(path: str | os.PathLike, tree) -> None:
     """Writes `tree` (host copies of its arrays) as an Orbax checkpoint at `path` and waits for it to finish."""
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = _this_process_checkpointer()
     try:
         checkpointer.save(pathlib.Path(path).absolute(), jax.device_get(flax.core.unfreeze(tree)))
         checkpointer.wait_until_finished()
@@ -51,7 +59,7 @@ def restore_tree(path: str | os.PathLike, abstract_tree):
 
     Raises CheckpointReadError when Orbax fails and CheckpointShapeError when the saved shapes differ.
     """
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = _this_process_checkpointer()
     try:
         tree = checkpointer.restore(pathlib.Path(path).absolute(), abstract_tree)
     except (ValueError, KeyError, OSError) as error:

@@ -59,4 +59,46 @@ def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
 
 
 def replicate(tree, mesh: Mesh):
-    return jax.device_put(tree, replicated(mesh))
+    """`tree` copied to every device of the mesh. Every process passes the same values; they go through the host,
+    because a multi-host device_put takes host data (or keys rebuilt from it), not arrays on one device."""
+    sharding = replicated(mesh)
+
+    def put(leaf):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(leaf)), impl=jax.random.key_impl(leaf))
+        return jax.device_put(np.asarray(jax.device_get(leaf)), sharding)
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def padded_batches(inputs, batch_size: int, mesh: Mesh):
+    """Yields (global batch split over the data axis, number of real rows) over the leading axis of `inputs`
+    (an array or a pytree of arrays of one length).
+
+    The batch size is rounded up to a multiple of the data-axis size and the last batch is padded by repeating
+    the last row. Every process passes the same full arrays and contributes the rows of its own devices.
+    """
+    sharding = batch_sharding(mesh)
+    batch_size = -(-batch_size // mesh.shape[DATA_AXIS]) * mesh.shape[DATA_AXIS]
+    total = len(jax.tree_util.tree_leaves(inputs)[0])
+
+    def global_rows(array, rows):
+        local = np.asarray(array[rows])
+        return jax.make_array_from_callback(local.shape, sharding, lambda index: local[index])
+
+    for start in range(0, total, batch_size):
+        rows = np.minimum(np.arange(start, start + batch_size), total - 1)
+        yield jax.tree_util.tree_map(lambda array: global_rows(array, rows), inputs), min(batch_size, total - start)
+
+
+def map_batches(fn, params, inputs, *, batch_size: int, mesh: Mesh):
+    """Host outputs of `fn(params, batch)` over the leading axis of `inputs`, computed in `padded_batches`.
+
+    `fn` is jitted here with replicated outputs, so every process gets every row. Pass weights through `params`
+    (arrays closed over would be baked into the compiled program as constants).
+    """
+    jitted = jax.jit(fn, out_shardings=replicated(mesh))
+    outputs = [jax.tree_util.tree_map(lambda x, count=count: np.asarray(jax.device_get(x))[:count],
+                                      jitted(params, batch))
+               for batch, count in padded_batches(inputs, batch_size, mesh)]
+    return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *outputs)

@@ -39,10 +39,11 @@ def plot_curves(path: str, curves: dict[str, list[float]], *, title: str, xlabel
 
 
 def save_figure(figure, path: str) -> None:
-    """Saves a matplotlib figure as a PNG atomically and closes it."""
-    figure.tight_layout()
-    with atomic_target(path) as tmp, open(tmp, "wb") as f:
-        figure.savefig(f, format="png")
+    """Saves a matplotlib figure as a PNG atomically (process 0 only) and closes it."""
+    if jax.process_index() == 0:
+        figure.tight_layout()
+        with atomic_target(path) as tmp, open(tmp, "wb") as f:
+            figure.savefig(f, format="png")
     plt.close(figure)
 
 
