@@ -341,7 +341,7 @@ def evaluate(config: ml_collections.ConfigDict, test: dict, reconstructor_dir: s
         figure_rows[f"#{sequence} ground truth"] = test["frames"][sequence, ..., 0]
         figure_rows[f"#{sequence} E2VID"] = reconstructions[sequence, ..., 0]
         figure_rows[f"#{sequence} leaky (fixed)"] = baselines["fixed"][sequence, ..., 0]
-    if jax.process_index() == 0:
+    if multihost.is_primary():
         save_figure(figure_path, figure_rows, shown)
     return rows
 

@@ -18,6 +18,7 @@ import jax
 from absl import logging
 from clu import metric_writers
 
+from anon_jax.training import multihost
 from anon_jax.training.checkpoint import Checkpoints
 
 
@@ -48,7 +49,7 @@ def sigterm_flag():
 
 def create_writer(logdir: str) -> metric_writers.MetricWriter:
     """TensorBoard writer on process 0; other processes write nothing."""
-    if jax.process_index() > 0:
+    if not multihost.is_primary():
         return metric_writers.MultiWriter([])
     return metric_writers.SummaryWriter(logdir)
 

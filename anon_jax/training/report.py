@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display is needed or wanted
 from matplotlib import pyplot as plt  # noqa: E402
 
 from anon_jax.files import atomic_target, atomic_write_text
+from anon_jax.training import multihost
 
 
 def _markdown_table(rows: dict[str, dict[str, float]]) -> str:
@@ -40,7 +40,7 @@ def plot_curves(path: str, curves: dict[str, list[float]], *, title: str, xlabel
 
 def save_figure(figure, path: str) -> None:
     """Saves a matplotlib figure as a PNG atomically (process 0 only) and closes it."""
-    if jax.process_index() == 0:
+    if multihost.is_primary():
         figure.tight_layout()
         with atomic_target(path) as tmp, open(tmp, "wb") as f:
             figure.savefig(f, format="png")
@@ -56,7 +56,7 @@ def write_report(workdir: str, *, title: str, metrics: dict[str, dict[str, float
     CMC values at ranks 1..k) become `cmc.png`; `figures` names further PNGs already in the workdir.
     """
     report = {"title": title, "metrics": metrics, "details": details}
-    if jax.process_index() != 0:
+    if not multihost.is_primary():
         return report
     figures = list(figures)
     if cmc_curves:
