@@ -11,28 +11,10 @@ import pytest
 import torch
 
 from anon_jax.models import anonymizer
+from benchmarks.torch_models import ANONYMIZER_CONVS, anonymizer_params_from_torch, torch_anmodel
 
 VOXEL = {"num_bins": 5, "height": 16, "width": 12, "partition_mode": "time", "chunk_duration": 33300.0,
          "chunk_count": 5000}
-# Conv2d positions in the PyTorch Sequential below -> Flax module names.
-TORCH_CONVS = {0: "encoder_conv1", 3: "encoder_conv2", 7: "decoder_conv1", 10: "decoder_conv2"}
-
-
-def torch_anmodel(num_bins: int = 5) -> torch.nn.Sequential:
-    """The ICCV'23 ANmodel as listed in the reference notes (encoder e0..e5, decoder d0..d5)."""
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Conv2d(num_bins, 64, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2, 1),
-        nn.Conv2d(64, 16, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2, 1),
-        nn.Upsample(scale_factor=1), nn.Conv2d(16, 64, 3, 1, 1), nn.ReLU(),
-        nn.Upsample(scale_factor=1), nn.Conv2d(64, num_bins, 3, 1, 2), nn.Sigmoid())
-
-
-def params_from_torch(model: torch.nn.Sequential) -> dict:
-    """Flax params of PublishedAnonymizer holding the PyTorch weights (OIHW -> HWIO)."""
-    return {name: {"kernel": jnp.asarray(model[i].weight.detach().numpy().transpose(2, 3, 1, 0)),
-                   "bias": jnp.asarray(model[i].bias.detach().numpy())}
-            for i, name in TORCH_CONVS.items()}
 
 
 def init_params(module, shape):
@@ -49,7 +31,7 @@ def torch_model():
 
 @pytest.fixture(scope="module")
 def published_params(torch_model):
-    return params_from_torch(torch_model)
+    return anonymizer_params_from_torch(torch_model)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +72,7 @@ def test_published_matches_pytorch(torch_model, published_params, apply_publishe
 def test_published_default_init_like_pytorch(torch_model):
     params = init_params(anonymizer.PublishedAnonymizer(), (1, 4, 4, 5))["params"]
     assert anonymizer.parameter_count(params) == 24341
-    for index, name in TORCH_CONVS.items():
+    for index, name in ANONYMIZER_CONVS.items():
         kernel, bias = np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"])
         torch_weight = torch_model[index].weight.detach().numpy()
         fan_in = torch_weight[0].size

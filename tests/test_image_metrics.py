@@ -6,29 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from anon_jax.metrics.image import ImageShapeError, mean_quality, mse, psnr, ssim, ssim_gaussian_1d
-
-
-def torch_ssim_reference(preds: torch.Tensor, target: torch.Tensor, data_range=None) -> torch.Tensor:
-    """Per-image SSIM of NCHW tensors following torchmetrics 0.11.0 step by step."""
-    if data_range is None:
-        data_range = max(preds.max() - preds.min(), target.max() - target.min())
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    channels = preds.shape[1]
-    dist = torch.arange(-5, 6, dtype=preds.dtype)
-    gauss = torch.exp(-((dist / 1.5) ** 2) / 2)
-    gauss = (gauss / gauss.sum())[None]
-    kernel = (gauss.t() @ gauss).expand(channels, 1, 11, 11)
-    preds = F.pad(preds, (5, 5, 5, 5), mode="reflect")
-    target = F.pad(target, (5, 5, 5, 5), mode="reflect")
-    stacked = torch.cat((preds, target, preds * preds, target * target, preds * target))
-    mu_p, mu_t, e_pp, e_tt, e_pt = F.conv2d(stacked, kernel, groups=channels).split(preds.shape[0])
-    upper = 2 * (e_pt - mu_p * mu_t) + c2
-    lower = (e_pp - mu_p**2) + (e_tt - mu_t**2) + c2
-    full = ((2 * mu_p * mu_t + c1) * upper) / ((mu_p**2 + mu_t**2 + c1) * lower)
-    return full[..., 5:-5, 5:-5].reshape(full.shape[0], -1).mean(-1)
+from benchmarks.torch_models import torch_ssim as torch_ssim_reference
 
 
 def nhwc(x: np.ndarray) -> np.ndarray:

@@ -11,125 +11,8 @@ from flax import traverse_util
 from torch import nn as tnn
 
 from anon_jax.models import reid
-
-
-# ---------------------------------------------------------------- PyTorch reference (torchvision layout)
-class TorchBasicBlock(tnn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes, planes, stride):
-        super().__init__()
-        self.conv1 = tnn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = tnn.BatchNorm2d(planes)
-        self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = tnn.BatchNorm2d(planes)
-        self.downsample = _torch_downsample(inplanes, planes * self.expansion, stride)
-
-    def forward(self, x):
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class TorchBottleneck(tnn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes, planes, stride):
-        super().__init__()
-        self.conv1 = tnn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = tnn.BatchNorm2d(planes)
-        self.conv2 = tnn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = tnn.BatchNorm2d(planes)
-        self.conv3 = tnn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = tnn.BatchNorm2d(planes * 4)
-        self.downsample = _torch_downsample(inplanes, planes * self.expansion, stride)
-
-    def forward(self, x):
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = torch.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-def _torch_downsample(inplanes, outplanes, stride):
-    if stride == 1 and inplanes == outplanes:
-        return None
-    return tnn.Sequential(tnn.Conv2d(inplanes, outplanes, 1, stride, bias=False), tnn.BatchNorm2d(outplanes))
-
-
-class TorchResNet(tnn.Module):
-    def __init__(self, blocks, block, in_channels=3, last_stride=2, num_fc=None):
-        super().__init__()
-        self.conv1 = tnn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        self.bn1 = tnn.BatchNorm2d(64)
-        self.maxpool = tnn.MaxPool2d(3, 2, 1)
-        inplanes = 64
-        for stage, (count, stride) in enumerate(zip(blocks, (1, 2, 2, last_stride))):
-            planes = 64 * 2**stage
-            layers = []
-            for index in range(count):
-                layers.append(block(inplanes, planes, stride if index == 0 else 1))
-                inplanes = planes * block.expansion
-            setattr(self, f"layer{stage + 1}", tnn.Sequential(*layers))
-        self.fc = tnn.Linear(inplanes, num_fc) if num_fc else None
-
-    def forward(self, x):
-        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return x.mean(dim=(2, 3))
-
-
-class TorchClassBlock(tnn.Module):
-    def __init__(self, input_dim, num_classes, bottleneck=256):
-        super().__init__()
-        self.add_block = tnn.Sequential(tnn.Linear(input_dim, bottleneck), tnn.BatchNorm1d(bottleneck))
-        self.classifier = tnn.Linear(bottleneck, num_classes)
-
-    def forward(self, x):
-        embed = tnn.functional.leaky_relu(self.add_block(x), 0.5)
-        return self.classifier(embed), embed
-
-
-class TorchReId(tnn.Module):
-    def __init__(self, num_classes, in_channels):
-        super().__init__()
-        self.model = TorchResNet((2, 2, 2, 2), TorchBasicBlock, in_channels=in_channels, last_stride=1)
-        self.classifier = TorchClassBlock(512, num_classes)
-
-    def forward(self, x):
-        pool5 = self.model(x)
-        logits, embed = self.classifier(pool5)
-        return {"logits": logits, "embed": embed, "pool5": pool5}
-
-
-def _torch_name(flax_path):
-    """Flax param/batch-stat path -> torch state_dict key."""
-    scope, *inner, leaf = flax_path
-    prefix = "model" if scope == "backbone" else "classifier"
-    renamed = {
-        "downsample_conv": "downsample.0", "downsample_bn": "downsample.1", "embed_dense": "add_block.0",
-        "embed_bn": "add_block.1", "logits_dense": "classifier",
-    }
-    parts = [renamed.get(p, p.replace("_", ".")) for p in inner]
-    torch_leaf = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
-    return ".".join([prefix, *parts, torch_leaf[leaf]])
-
-
-def _flax_variables_from_torch(torch_model, flax_variables):
-    state = torch_model.state_dict()
-    converted = {}
-    for collection, tree in flax_variables.items():
-        flat = {}
-        for path, value in traverse_util.flatten_dict(tree).items():
-            tensor = state[_torch_name(path)].detach().numpy()
-            if tensor.ndim == 4:
-                tensor = tensor.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-            elif tensor.ndim == 2:
-                tensor = tensor.T  # (out, in) -> (in, out)
-            assert tensor.shape == value.shape, path
-            flat[path] = jnp.asarray(tensor)
-        converted[collection] = traverse_util.unflatten_dict(flat)
-    return converted
+from benchmarks.torch_models import (TorchBasicBlock, TorchBottleneck, TorchClassBlock, TorchReId, TorchResNet,
+                                      reid_variables_from_torch)
 
 
 def _count(tree):
@@ -189,7 +72,7 @@ def resnet18_pair():
         torch_model.classifier.classifier.weight.normal_(0.0, 0.1)
         torch_model.classifier.classifier.bias.uniform_(-0.1, 0.1)
     flax_model = reid.ReIdNetwork(18, 22, width=64, last_stride=1)
-    variables = _flax_variables_from_torch(torch_model, _abstract_variables(flax_model, (1, 32, 16, 5)))
+    variables = reid_variables_from_torch(torch_model, _abstract_variables(flax_model, (1, 32, 16, 5)))
     return torch_model, flax_model, variables
 
 

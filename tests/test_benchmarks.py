@@ -1,0 +1,104 @@
+"""Benchmark tools (timing on a scripted clock, XLA FLOP counts, result files) and --quick runs of the
+voxelisation and input-pipeline benchmarks, so the scripts keep working."""
+
+import argparse
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import common, input_pipeline, voxelization
+
+
+class ScriptedClock:
+    """perf_counter stand-in returning the given readings in order."""
+
+    def __init__(self, readings):
+        self.readings = list(readings)
+
+    def __call__(self):
+        return self.readings.pop(0)
+
+
+def test_time_fn_median_and_percentiles_of_a_scripted_clock():
+    calls = []
+    # Three timed calls lasting 2, 7 and 4 s (the warm-up call reads no clock).
+    clock = ScriptedClock([0.0, 2.0, 10.0, 17.0, 20.0, 24.0])
+    timing = common.time_fn(lambda: calls.append(1), warmup=1, repeats=3, clock=clock)
+    assert len(calls) == 4 and clock.readings == []
+    assert timing["times_s"] == [2.0, 7.0, 4.0]
+    assert timing["median_s"] == 4.0
+    # numpy's linear percentiles of [2, 4, 7]: p10 = 2 + 0.2 * 2, p90 = 4 + 0.8 * 3.
+    assert timing["p10_s"] == pytest.approx(2.4)
+    assert timing["p90_s"] == pytest.approx(6.4)
+
+
+def test_time_fn_measures_real_time_and_rejects_bad_counts():
+    timing = common.time_fn(lambda: time.sleep(0.01), warmup=0, repeats=3)
+    assert 0.009 <= timing["median_s"] < 0.5 and len(timing["times_s"]) == 3
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        common.time_fn(lambda: None, repeats=0)
+
+
+def test_compiled_flops_of_a_matmul():
+    n = 32
+    x = jnp.ones((n, n), jnp.float32)
+    # XLA counts a multiply and an add per term of the n x n x n product.
+    assert common.compiled_flops(jax.jit(jnp.matmul), x, x) == 2 * n**3
+
+
+def test_common_args_quick_lowers_only_the_default_repeats():
+    parser = common.add_common_args(argparse.ArgumentParser())
+    assert parser.parse_args([]).repeats == common.DEFAULT_REPEATS
+    assert parser.parse_args(["--quick"]).repeats == common.QUICK_REPEATS
+    assert parser.parse_args(["--quick", "--repeats", "5"]).repeats == 5
+    assert parser.parse_args(["--repeats", "5", "--quick"]).repeats == 5
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--repeats", "0"])
+
+
+def test_write_results_table_and_json(tmp_path, capsys):
+    rows = [{"size": 1, "ms": 2.5}, {"size": 2, "note": "x"}]
+    path = common.write_results("demo", rows, {"repeats": 3}, tmp_path)
+    printed = capsys.readouterr().out
+    assert "| size | ms | note |" in printed and "| 2 |  | x |" in printed
+    record = json.loads(path.read_text())
+    assert path == tmp_path / "demo.json"
+    assert record["benchmark"] == "demo" and record["rows"] == rows and record["meta"] == {"repeats": 3}
+    assert record["machine"]["jax"] == jax.__version__ and record["machine"]["logical_cores"] >= 1
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_voxelization_quick(tmp_path):
+    voxelization.main(["--quick", "--out", str(tmp_path)])
+    record = json.loads((tmp_path / "voxelization.json").read_text())
+    rows = record["rows"]
+    assert [(row["events"], row["grid"]) for row in rows] == [(1000, "5x96x48"), (10000, "5x96x48"),
+                                                              (10000, "5x384x192")]
+    for row in rows:
+        for key in ("numpy_ms", "jax_ms", "jax_vmap_ms", "numpy_Mev_per_s", "jax_Mev_per_s", "speedup"):
+            assert positive(row[key]), (key, row)
+        assert row["speedup"] == pytest.approx(row["numpy_ms"] / row["jax_ms"])
+        assert row["jax_Mev_per_s"] == pytest.approx(row["events"] / row["jax_ms"] / 1e3)
+    assert record["meta"]["repeats"] == common.QUICK_REPEATS
+
+
+def test_input_pipeline_quick(tmp_path):
+    input_pipeline.main(["--quick", "--out", str(tmp_path), "--data_dir", str(tmp_path / "data")])
+    record = json.loads((tmp_path / "input_pipeline.json").read_text())
+    rows = {row["feed"]: row for row in record["rows"]}
+    for feed in ("in_memory", "real_pipeline"):
+        assert positive(rows[feed]["step_ms"]) and positive(rows[feed]["samples_per_s"])
+        assert rows[feed]["p90_ms"] >= 0.5 * rows[feed]["step_ms"]
+    busy = record["meta"]["busy_fraction"]
+    assert busy == pytest.approx(rows["in_memory"]["step_ms"] / rows["real_pipeline"]["step_ms"])
+    assert 0 < busy < 10
+    assert record["meta"]["config"] == "configs/eventreid.py:smoke"
+    # The prepared data is reused by a second run (the marker holds the config it was made with).
+    assert (tmp_path / "data" / input_pipeline.PREPARED_FILE).is_file()
