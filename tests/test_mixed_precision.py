@@ -24,17 +24,18 @@ def floating_dtypes(tree) -> set:
     return {jnp.dtype(leaf.dtype) for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)}
 
 
-def primitive_input_dtypes(jaxpr, primitive: str) -> list:
-    """Input dtypes of every `primitive` equation in a jaxpr, sub-jaxprs (jit, scan, custom_jvp) included."""
+def primitive_input_dtypes(jaxpr, primitive: str, min_rank: int = 0) -> list:
+    """Input dtypes of every `primitive` equation whose first input has rank >= `min_rank`, in a jaxpr and its
+    sub-jaxprs (jit, scan, custom_jvp)."""
     found = []
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == primitive:
+        if eqn.primitive.name == primitive and eqn.invars[0].aval.ndim >= min_rank:
             found.append({jnp.dtype(var.aval.dtype) for var in eqn.invars})
         for value in eqn.params.values():
             for item in value if isinstance(value, (tuple, list)) else (value,):
                 inner = getattr(item, "jaxpr", item)
                 if hasattr(inner, "eqns"):
-                    found += primitive_input_dtypes(inner, primitive)
+                    found += primitive_input_dtypes(inner, primitive, min_rank)
     return found
 
 
@@ -43,8 +44,10 @@ def conv_kernel_count(params) -> int:
 
 
 def check_bfloat16_convolutions(fn, variables, *args):
-    """Every convolution of `fn` runs on bfloat16 operands, one per 4-D kernel (none falls back to float32)."""
-    convs = primitive_input_dtypes(jax.make_jaxpr(fn)(variables, *args).jaxpr, "conv_general_dilated")
+    """Every convolution of `fn` runs on bfloat16 operands, one per 4-D kernel (none falls back to float32); a
+    convolution is XLA's or a product of NHWC patches with a kernel (layers.patch_conv)."""
+    jaxpr = jax.make_jaxpr(fn)(variables, *args).jaxpr
+    convs = primitive_input_dtypes(jaxpr, "conv_general_dilated") + primitive_input_dtypes(jaxpr, "dot_general", 4)
     assert len(convs) == conv_kernel_count(variables["params"]) > 0
     assert all(dtypes == {BF16} for dtypes in convs), convs
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from anon_jax.files import atomic_directory, atomic_write_text
 from anon_jax.models import pretrained
+from anon_jax.models.layers import max_pool_2x2_stride1, patch_conv
 from anon_jax.validation import is_positive_int
 
 CONFIG_FILE = "anonymizer.json"
@@ -94,10 +95,16 @@ def torch_default_bias_init(fan_in: int):
     return init
 
 
+# Convs reading at most this many channels run as a product over patches (layers.patch_conv): measured faster
+# here for 5 and 16 input channels, slower for 64.
+PATCH_CONV_MAX_IN_FEATURES = 16
+
+
 def _conv(features: int, in_features: int, *, pad: int = 1, dtype: Any, name: str) -> nn.Conv:
     """A stride-1 3x3 conv with PyTorch's default init and symmetric zero padding `pad`, computing in `dtype`."""
     return nn.Conv(features, (3, 3), padding=((pad, pad), (pad, pad)), kernel_init=torch_default_kernel_init,
-                   bias_init=torch_default_bias_init(in_features * 9), dtype=dtype, name=name)
+                   bias_init=torch_default_bias_init(in_features * 9), dtype=dtype, name=name,
+                   conv_general_dilated=patch_conv if in_features <= PATCH_CONV_MAX_IN_FEATURES else None)
 
 
 def _check_voxels(voxels, num_bins: int, name: str) -> None:
@@ -105,52 +112,6 @@ def _check_voxels(voxels, num_bins: int, name: str) -> None:
         raise AnonymizerInputError(
             f"{name} expects voxels of shape (batch, height, width, {num_bins}) (NHWC), got {tuple(voxels.shape)}; "
             "transpose (bins, H, W) grids to (H, W, bins) and add a batch axis.")
-
-
-# The four corners of a 2x2 window in the order PyTorch scans it; the first corner holding the maximum wins it.
-_WINDOW_CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))
-
-
-def _window_corners(x):
-    height, width = x.shape[1] - 1, x.shape[2] - 1
-    return [x[:, row:row + height, column:column + width] for row, column in _WINDOW_CORNERS]
-
-
-@jax.custom_vjp
-def max_pool_2x2_stride1(x):
-    """2x2 max-pool with stride 1 and no padding on NHWC `x` (H and W shrink by one), as torch's MaxPool2d(2, 1).
-
-    The gradient goes to the first maximum of each window in row-major order (as PyTorch and XLA's own pooling
-    do), which matters on the ties of empty voxel regions. Written as shifted slices because XLA's CPU gradient of
-    a stride-1 reduce_window is ~10x slower (benchmarks/training_step.py, "anonymizer fwd+bwd").
-    """
-    top_left, top_right, bottom_left, bottom_right = _window_corners(x)
-    return jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))
-
-
-def _max_pool_forward(x):
-    pooled = max_pool_2x2_stride1(x)
-    return pooled, (x, pooled)
-
-
-def _max_pool_backward(residuals, gradient):
-    x, pooled = residuals
-    taken = jnp.zeros(pooled.shape, bool)
-    routed = []
-    for (row, column), corner in zip(_WINDOW_CORNERS, _window_corners(x)):
-        wins = (corner == pooled) & ~taken
-        taken = taken | wins
-        routed.append(jnp.pad(jnp.where(wins, gradient, jnp.zeros((), gradient.dtype)),
-                              ((0, 0), (row, 1 - row), (column, 1 - column), (0, 0))))
-    # An input receives from the windows to its lower right first when outputs are visited in raster order, as
-    # PyTorch and XLA accumulate: summing the corners in reverse keeps their float rounding.
-    x_gradient = routed[-1]
-    for part in reversed(routed[:-1]):
-        x_gradient = x_gradient + part
-    return (x_gradient,)
-
-
-max_pool_2x2_stride1.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 class PublishedAnonymizer(nn.Module):

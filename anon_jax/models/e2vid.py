@@ -21,7 +21,7 @@ import numpy as np
 
 from anon_jax.files import atomic_directory, atomic_write_text
 from anon_jax.models import pretrained
-from anon_jax.models.layers import BatchNorm
+from anon_jax.models.layers import BatchNorm, ConvTransposeX2
 from anon_jax.validation import is_positive_int
 
 CONFIG_FILE = "e2vid_config.json"
@@ -329,13 +329,8 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, train: bool):
         use_bias = self.norm != "BN"
         if self.decoder == "transposed":
-            # PyTorch's ConvTranspose2d(k=5, stride=2, padding=2, output_padding=1) is a conv over the input
-            # dilated by 2 with padding (k-1-p, k-1-p+output_padding) = (2, 3) and the spatially flipped,
-            # in/out-swapped kernel; transpose_kernel=True does the flip and swap, so the kernel is stored
-            # (kh, kw, out, in), PyTorch's (in, out, kh, kw) transposed by (2, 3, 1, 0).
-            x = nn.ConvTranspose(self.features, (5, 5), strides=(2, 2), padding=((2, 3), (2, 3)),
-                                 transpose_kernel=True, use_bias=use_bias, kernel_init=torch_default_kernel_init,
-                                 dtype=self.dtype, name="transposed_conv")(x)
+            x = ConvTransposeX2(self.features, use_bias=use_bias, kernel_init=torch_default_kernel_init,
+                                dtype=self.dtype, name="transposed_conv")(x)
         else:
             x = _conv(self.features, 5, 1, use_bias, self.dtype, "conv")(upsample_bilinear_x2(x))
         return nn.relu(_norm(self.norm, train, self.dtype, "norm")(x))

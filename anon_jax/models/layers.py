@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -51,3 +52,124 @@ class BatchNorm(nn.Module):
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (features,), jnp.float32)
         return y.astype(self.dtype)
+
+
+# The four corners of a 2x2 window in the order PyTorch scans it; the first corner holding the maximum wins it.
+_WINDOW_CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+def _window_corners(x):
+    height, width = x.shape[1] - 1, x.shape[2] - 1
+    return [x[:, row:row + height, column:column + width] for row, column in _WINDOW_CORNERS]
+
+
+@jax.custom_vjp
+def max_pool_2x2_stride1(x):
+    """2x2 max-pool with stride 1 and no padding on NHWC `x` (H and W shrink by one), as torch's MaxPool2d(2, 1).
+
+    The gradient goes to the first maximum of each window in row-major order (as PyTorch and XLA's own pooling
+    do), which matters on the ties of empty voxel regions. Written as shifted slices because XLA's CPU gradient of
+    a stride-1 reduce_window is ~10x slower (benchmarks/training_step.py, "anonymizer fwd+bwd").
+    """
+    top_left, top_right, bottom_left, bottom_right = _window_corners(x)
+    return jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))
+
+
+def _max_pool_forward(x):
+    pooled = max_pool_2x2_stride1(x)
+    return pooled, (x, pooled)
+
+
+def _max_pool_backward(residuals, gradient):
+    x, pooled = residuals
+    taken = jnp.zeros(pooled.shape, bool)
+    routed = []
+    for (row, column), corner in zip(_WINDOW_CORNERS, _window_corners(x)):
+        wins = (corner == pooled) & ~taken
+        taken = taken | wins
+        routed.append(jnp.pad(jnp.where(wins, gradient, jnp.zeros((), gradient.dtype)),
+                              ((0, 0), (row, 1 - row), (column, 1 - column), (0, 0))))
+    # An input receives from the windows to its lower right first when outputs are visited in raster order, as
+    # PyTorch and XLA accumulate: summing the corners in reverse keeps their float rounding.
+    x_gradient = routed[-1]
+    for part in reversed(routed[:-1]):
+        x_gradient = x_gradient + part
+    return (x_gradient,)
+
+
+max_pool_2x2_stride1.defvjp(_max_pool_forward, _max_pool_backward)
+
+
+_NHWC_HWIO = jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
+
+
+def patch_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+               feature_group_count=1, precision=None, preferred_element_type=None):
+    """`jax.lax.conv_general_dilated` for NHWC x HWIO as one matrix product over stacked kernel-window patches.
+
+    Pass it as nn.Conv(conv_general_dilated=patch_conv) for layers with few input channels: there XLA's CPU
+    convolution gradient (with respect to the kernel) is 2-4x slower than the same product on patches
+    (benchmarks/training_step.py, "anonymizer fwd+bwd"). It costs kh*kw times the input in memory, so wide inputs
+    should keep XLA's convolution. Dilated, grouped or non-NHWC convolutions go to XLA's convolution unchanged.
+    """
+    dilated = any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+    if dilated or feature_group_count != 1 or dimension_numbers not in (None, _NHWC_HWIO, ("NHWC", "HWIO", "NHWC")):
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision,
+            preferred_element_type=preferred_element_type)
+    kernel_height, kernel_width, in_features, out_features = rhs.shape
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    stride_h, stride_w = window_strides
+    out_height = (x.shape[1] - kernel_height) // stride_h + 1
+    out_width = (x.shape[2] - kernel_width) // stride_w + 1
+    # Channel k of the patches is (row, column, input feature) in the kernel's own HWI order.
+    patches = jnp.concatenate(
+        [jax.lax.slice(x, (0, row, column, 0),
+                       (x.shape[0], row + stride_h * (out_height - 1) + 1, column + stride_w * (out_width - 1) + 1,
+                        in_features), (1, stride_h, stride_w, 1))
+         for row in range(kernel_height) for column in range(kernel_width)], axis=-1)
+    return jnp.einsum("nhwk,ko->nhwo", patches, rhs.reshape(kernel_height * kernel_width * in_features, out_features),
+                      precision=precision, preferred_element_type=preferred_element_type)
+
+
+# Output phase r of ConvTranspose2d(k=5, stride=2, padding=2, output_padding=1) along one axis reads the input at
+# offsets -1, 0, +1 through these kernel taps (index 5 is a zero tap): out[2m] = w4 x[m-1] + w2 x[m] + w0 x[m+1],
+# out[2m+1] = w3 x[m] + w1 x[m+1].
+_PHASE_TAPS = ((4, 2, 0), (5, 3, 1))
+
+
+class ConvTransposeX2(nn.Module):
+    """PyTorch's ConvTranspose2d(in, out, 5, stride=2, padding=2, output_padding=1) on NHWC maps: twice the size.
+
+    Parameters are those of nn.ConvTranspose(features, (5, 5), strides=(2, 2), padding=((2, 3), (2, 3)),
+    transpose_kernel=True) (kernel (5, 5, out, in) = PyTorch's weight transposed by (2, 3, 1, 0), bias), so the
+    two are interchangeable. Computed as one stride-1 3x3 conv of the input giving the four output phases, then
+    interleaved: the same products without the zeros of a dilated input, which XLA's CPU convolution multiplies
+    (4x faster forward at 96x48 and 7x faster forward+backward, benchmarks/reconstruction.py).
+    """
+
+    features: int
+    use_bias: bool = True
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        in_features = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (5, 5, self.features, in_features), jnp.float32)
+        taps = jnp.asarray(_PHASE_TAPS)
+        padded = jnp.pad(kernel.astype(self.dtype), ((0, 1), (0, 1), (0, 0), (0, 0)))
+        # (row phase, row offset, column phase, column offset, out, in) -> (3, 3, in, (row phase, column phase, out))
+        phases = padded[taps][:, :, taps].transpose(1, 3, 5, 0, 2, 4).reshape(3, 3, in_features, 4 * self.features)
+        y = jax.lax.conv_general_dilated(x.astype(self.dtype), phases, (1, 1), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        batch, height, width, _ = y.shape
+        y = y.reshape(batch, height, width, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
+        y = y.reshape(batch, 2 * height, 2 * width, self.features)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+        return y
