@@ -2,6 +2,8 @@
 
 import functools
 import itertools
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -112,3 +114,20 @@ def test_prefetch_close_stops_infinite_source():
     stream = pipeline.prefetch(itertools.count(), size=3)
     assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
     stream.close()  # must not hang
+
+
+def test_prefetch_close_waits_for_the_item_in_hand():
+    # A producer busy with its next item when the consumer closes (a device transfer, say) must be finished before
+    # close returns: a thread still inside native code at interpreter exit aborts the process.
+    finished = []
+
+    def slow():
+        for index in itertools.count():
+            time.sleep(0.2)
+            finished.append(index)
+            yield index
+
+    stream = pipeline.prefetch(slow(), size=1)
+    assert next(stream) == 0
+    stream.close()
+    assert not any(thread.name == "prefetch" and thread.is_alive() for thread in threading.enumerate())

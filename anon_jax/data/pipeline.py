@@ -109,7 +109,8 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
     """Runs `iterator` in a background thread, keeping up to `size` items ready.
 
     Exceptions from the iterator are re-raised in the consumer; closing the returned generator
-    stops the thread.
+    stops the thread and waits for it (it finishes the item in hand), so no device transfer is still running in it
+    when the interpreter exits (which aborts the process).
     """
     if size < 1:
         raise PipelineError(f"prefetch size must be >= 1, got {size}.")
@@ -146,3 +147,4 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
             yield value
     finally:
         stop.set()
+        thread.join()
