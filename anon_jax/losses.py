@@ -40,7 +40,8 @@ def _safe_norm(differences):
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
 
-def batch_hard_triplet(features, labels, *, margin: float | None = None, squared: bool = False):
+def batch_hard_triplet(features, labels, *, margin: float | None = None, squared: bool = False,
+                       self_positive: bool = False):
     """Batch-hard triplet loss on the Euclidean distances of `features` (N, D) with identity `labels` (N,).
 
     Each anchor takes its farthest positive (same label, other sample) and its nearest negative.
@@ -52,6 +53,10 @@ def batch_hard_triplet(features, labels, *, margin: float | None = None, squared
     identity) the loss is 0 with zero gradient. Mining uses the Gram-matrix distances; the chosen
     pairs' distances are then recomputed from feature differences, which is exact and gives each
     distance a unit-norm gradient (0 for coincident points, where the square root has no derivative).
+
+    `self_positive=True` is AnonyNoise's rule (its losses.py): distances are sqrt(max(d^2, 1e-12)) and every
+    anchor is among its own positives (at distance 1e-6), so anchors without another sample of their label
+    still count, with d_ap = 1e-6; only anchors without a negative are left out.
     """
     features = jnp.asarray(features)
     labels = jnp.asarray(labels)
@@ -68,7 +73,7 @@ def batch_hard_triplet(features, labels, *, margin: float | None = None, squared
     sq_norms = jnp.sum(jnp.square(mined), axis=-1)
     gram_sq_dist = jnp.maximum(sq_norms[:, None] + sq_norms[None, :] - 2.0 * mined @ mined.T, 0.0)
     same = labels[:, None] == labels[None, :]
-    positive_mask = same & ~jnp.eye(count, dtype=bool)
+    positive_mask = same if self_positive else same & ~jnp.eye(count, dtype=bool)
     negative_mask = ~same
     hardest_positive = jnp.argmax(jnp.where(positive_mask, gram_sq_dist, -1.0), axis=1)
     hardest_negative = jnp.argmin(jnp.where(negative_mask, gram_sq_dist, jnp.inf), axis=1)
@@ -79,6 +84,9 @@ def batch_hard_triplet(features, labels, *, margin: float | None = None, squared
     if squared:
         d_ap = jnp.sum(jnp.square(positive_diff), axis=-1)
         d_an = jnp.sum(jnp.square(negative_diff), axis=-1)
+    elif self_positive:
+        d_ap = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(positive_diff), axis=-1), 1e-12))
+        d_an = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(negative_diff), axis=-1), 1e-12))
     else:
         d_ap = _safe_norm(positive_diff)
         d_an = _safe_norm(negative_diff)

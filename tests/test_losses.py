@@ -134,3 +134,21 @@ def test_triplet_matches_torch_reference(margin):
     value, grad = loss_fn(jnp.asarray(features))
     np.testing.assert_allclose(value, expected.item(), rtol=1e-5)
     np.testing.assert_allclose(grad, torch_features.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("margin", [4.0, 0.3])
+def test_triplet_self_positive_matches_anonynoise_rule_with_lonely_anchors(margin):
+    # AnonyNoise's loss (its losses.py) counts every anchor, taking the anchor itself as a positive at 1e-6: the
+    # torch reference above is that rule. Identities 1 and 3 have a single sample here.
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(6, 5)).astype(np.float32)
+    labels = np.array([0, 0, 1, 2, 2, 3])
+    torch_features = torch.tensor(features, dtype=torch.float64, requires_grad=True)
+    expected = _torch_batch_hard(torch_features, torch.from_numpy(labels), margin)
+    expected.backward()
+    value, grad = jax.value_and_grad(
+        lambda f: losses.batch_hard_triplet(f, labels, margin=margin, self_positive=True))(jnp.asarray(features))
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-5)
+    np.testing.assert_allclose(grad, torch_features.grad.numpy(), rtol=1e-4, atol=1e-6)
+    # The default rule leaves the two lonely anchors out, so it differs.
+    assert abs(float(losses.batch_hard_triplet(features, labels, margin=margin)) - expected.item()) > 1e-3

@@ -25,6 +25,14 @@ def test_paper_schedule_values():
                                [0.05, 0.05, 0.01, 0.01, 0.001], rtol=1e-6)
 
 
+def test_cosine_epochs_matches_torch_cosine_annealing_stepped_per_epoch():
+    # CosineAnnealingLR(T_max=4) stepped once per epoch: lr_e = 1e-4 (1 + cos(pi e / 4)) / 2, constant in an epoch.
+    schedule = optim.learning_rate_schedule(sgd_config(schedule="cosine_epochs", learning_rate=1e-4),
+                                            num_steps=12, steps_per_epoch=3)
+    expected = [1e-4 * (1 + np.cos(np.pi * (step // 3) / 4)) / 2 for step in range(12)]
+    np.testing.assert_allclose([schedule(step) for step in range(12)], expected, rtol=1e-6)
+
+
 def test_head_and_backbone_groups_use_their_multipliers():
     tx, _ = optim.make_optimizer(sgd_config(), num_steps=10, steps_per_epoch=1)
     params = {"head_classifier": {"kernel": jnp.ones(2)}, "conv1": {"kernel": jnp.ones(2)}}

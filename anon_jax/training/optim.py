@@ -25,7 +25,7 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
     opt.momentum = 0.9  # SGD momentum (unused by Adam)
     opt.nesterov = True  # SGD Nesterov momentum (unused by Adam)
     opt.weight_decay = 5e-4  # L2 weight decay added to the gradient (AdamW: decoupled)
-    opt.schedule = "cosine"  # "constant", "cosine" or "piecewise_epochs"
+    opt.schedule = "cosine"  # "constant", "cosine" (per step), "cosine_epochs" or "piecewise_epochs"
     opt.warmup_steps = 100  # linear warm-up steps
     opt.boundaries_epochs = ()  # piecewise_epochs: epochs where the learning rate is multiplied
     opt.decay_factors = ()  # piecewise_epochs: the multipliers
@@ -44,6 +44,11 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, *, num_steps: int, st
         schedule = optax.constant_schedule(cfg.learning_rate)
     elif cfg.schedule == "cosine":
         schedule = optax.cosine_decay_schedule(cfg.learning_rate, max(num_steps - cfg.warmup_steps, 1))
+    elif cfg.schedule == "cosine_epochs":
+        # PyTorch's CosineAnnealingLR(T_max=epochs) stepped once per epoch (AnonyNoise): constant within an epoch.
+        num_epochs = max(num_steps // steps_per_epoch, 1)
+        epoch_cosine = optax.cosine_decay_schedule(cfg.learning_rate, num_epochs)
+        schedule = lambda step: epoch_cosine(step // steps_per_epoch)  # noqa: E731
     elif cfg.schedule == "piecewise_epochs":
         # The paper's softmax schedule: lr 0.05 until epoch 40, x0.2 at 40, x0.1 at 50.
         if len(cfg.boundaries_epochs) != len(cfg.decay_factors):
@@ -54,7 +59,8 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, *, num_steps: int, st
         )
     else:
         raise ValueError(
-            f"config.optimizer.schedule={cfg.schedule!r}: use 'constant', 'cosine' or 'piecewise_epochs'."
+            f"config.optimizer.schedule={cfg.schedule!r}: use 'constant', 'cosine', 'cosine_epochs' or "
+            "'piecewise_epochs'."
         )
     if cfg.warmup_steps:
         warmup = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
