@@ -23,6 +23,7 @@ METHODS = {
     "reid_baseline": "anon_jax.methods.reid_baseline",
     "reconstructor_pretrain": "anon_jax.methods.reconstructor_pretrain",
     "event_anonymization": "anon_jax.methods.event_anonymization",
+    "anonynoise": "anon_jax.methods.anonynoise",
 }
 
 FLAGS = flags.FLAGS

@@ -1,7 +1,12 @@
-"""Embedded synthetic Event-ReId-like dataset: rendered walking pedestrians (identity-specific shape, clothing,
-gait) seen by cameras with their own background, light, scale, view and direction, simulated into events and
-written as ``<root>/<ID>/<camXX>/events.txt`` plus ``frames.npz``. Only the person fires events, as in the
-cleaned real data."""
+"""Embedded synthetic Event-ReId-like dataset: rendered pedestrians (identity-specific shape, clothing, gait) seen
+by cameras with their own background, light, scale, view and direction, simulated into events. Only the person
+fires events, as in the cleaned real data.
+
+Layouts: with ``num_actions = 0`` people walk across the view, one recording per (identity, camera), written as
+``<root>/<ID>/<camXX>/events.txt`` plus ``frames.npz``. With ``num_actions >= 1`` every identity performs every
+one of the first ``num_actions`` ACTIONS under every one of the first ``num_lighting`` LIGHTING conditions in
+every camera, written as ``<root>/<ID>/<camXX>_<action>_<lighting>/`` (e.g. ``007/cam02_wave_dim/``).
+"""
 
 import functools
 import json
@@ -21,6 +26,21 @@ from anon_jax.events.simulator import SimulatorParams, simulate_events_with_stat
 
 MARKER_NAME = "synthetic_dataset.json"
 _PROGRESS_EVERY_IDENTITIES = 5
+_SWAY = 0.02  # body units: amplitude of the standing actions' weight shifts
+_SWAY_HERTZ = 0.8  # slow, so the sway never looks like an action of its own
+# Actions in the order `num_actions` takes them: the first four differ most (travel, one raised arm, whole-body
+# vertical motion, slow deep knee bends). All but "walk" are performed standing in place.
+ACTIONS = ("walk", "wave", "jump", "squat", "punch", "kick")
+# Lighting conditions in the order `num_lighting` takes them, as changes of the camera response
+# offset + gain * reflectance ** gamma. Events see log intensity, so a gain alone would only shift it: the
+# conditions also change gamma (log contrast) and add a veiling offset (compresses log contrast), which changes
+# how many events the same motion fires.
+LIGHTING = {
+    "normal": dict(gain=1.0, gamma=1.0, offset=0.0),
+    "dim": dict(gain=0.3, gamma=0.7, offset=0.02),  # low light, flat contrast: fewer events (median 0.4x)
+    "bright": dict(gain=1.35, gamma=1.3, offset=0.0),  # harsh light: more contrast, some highlights clip
+    "hazy": dict(gain=0.7, gamma=1.0, offset=0.3),  # veiling glare: strongly compressed log contrast
+}
 
 
 class SyntheticDataError(ValueError):
@@ -37,6 +57,9 @@ def default_synthetic_config() -> ml_collections.ConfigDict:
     config.height = 128  # sensor height in pixels (the person fills 75-95% of it)
     config.width = 64  # sensor width in pixels
     config.seed = 0  # one seed for identities, cameras, nuisances and simulator noise
+    # 1..6: the first num_actions of ACTIONS, each performed by every identity in every camera and lighting.
+    config.num_actions = 0  # 0: walking only, layout <ID>/<camXX>/; else <ID>/<camXX>_<action>_<lighting>/
+    config.num_lighting = 1  # the first num_lighting of LIGHTING; must be 1 when num_actions = 0
     config.saved_frames_fps = 30.0  # rate of the intensity frames kept in frames.npz (like the 30 FPS RGB)
     config.timestamp_resolution_us = 1.0  # event times are rounded to this (the Prophesee clock is 1 us)
     config.simulator = ml_collections.ConfigDict()
@@ -67,7 +90,26 @@ def _check_config(config):
             raise SyntheticDataError(f"config.{name}={config[name]!r}: must be > 0.")
     if config.duration_s * config.fps < 2:
         raise SyntheticDataError("config.duration_s * config.fps must give at least 2 frames.")
+    num_actions, num_lighting = _num_actions(config), _num_lighting(config)
+    if not (isinstance(num_actions, int) and 0 <= num_actions <= len(ACTIONS)):
+        raise SyntheticDataError(f"config.num_actions={num_actions!r}: must be an integer in 0..{len(ACTIONS)} "
+                                 f"(0 = walking only; else the first ones of {ACTIONS}).")
+    if not (isinstance(num_lighting, int) and 1 <= num_lighting <= len(LIGHTING)):
+        raise SyntheticDataError(f"config.num_lighting={num_lighting!r}: must be an integer in 1..{len(LIGHTING)} "
+                                 f"(the first ones of {tuple(LIGHTING)}).")
+    if num_actions == 0 and num_lighting != 1:
+        raise SyntheticDataError(f"config.num_lighting={num_lighting}: lighting conditions need actions; set "
+                                 "config.num_actions >= 1 or config.num_lighting = 1.")
     return SimulatorParams(**config.simulator.to_dict())
+
+
+def _num_actions(config):
+    # Configs saved before actions existed lack the fields; they mean the walking-only dataset.
+    return config.get("num_actions", 0)
+
+
+def _num_lighting(config):
+    return config.get("num_lighting", 1)
 
 
 def sample_identity(seed: int, identity: int) -> dict:
@@ -169,6 +211,23 @@ def sample_recording_nuisance(seed: int, identity: int, camera: int) -> dict:
     )
 
 
+def sample_action_nuisance(seed: int, identity: int, camera: int, action: str, lighting: str) -> dict:
+    """Per-recording randomness of an action recording: the walking nuisances plus the action's tempo and
+    amplitude, which depend on the recording only, never on the identity."""
+    rng = np.random.default_rng([seed, 3, identity, camera, ACTIONS.index(action), list(LIGHTING).index(lighting)])
+    u = rng.uniform
+    return dict(
+        phase=u(0.0, 2 * math.pi),
+        speed=u(0.92, 1.08),
+        drift=u(0.85, 1.15),
+        scale=u(0.97, 1.03),
+        x_offset=u(-0.06, 0.06),
+        brightness=u(-0.04, 0.04),
+        tempo=u(0.88, 1.12),  # frequency multiplier of the action's motion
+        amplitude=u(0.85, 1.1),  # of the action's joint excursions
+    )
+
+
 def _segment_coverage(px, py, start, end, radius_start, radius_end, edge_px):
     """Anti-aliased coverage (T, H, W) of a tapered capsule from start to end (each (x, y) of (T,) arrays)."""
     sx, sy = start[0][:, None, None], start[1][:, None, None]
@@ -191,8 +250,83 @@ def _blurred(cycles_per_body, scale_px, edge_px):
     return jnp.exp(-2 * (math.pi * cycles_per_px * 0.5 * edge_px) ** 2)
 
 
-@functools.partial(jax.jit, static_argnames=("num_frames", "height", "width", "fps"))
-def _render_frames(person, camera, background, *, num_frames, height, width, fps):
+def _walk_pose(p, c, t, swing_factor):
+    """Walking across the view with the identity's gait (the one motion that is identity-specific).
+
+    A pose holds the hip position (T,) in pixels, the torso lean (body units of forward shift per unit of
+    height) and per side (pi: far, 0: near) the leg's (thigh angle, knee bend) and the arm's (upper arm angle,
+    forearm angle), angles in radians from hanging down, positive forward.
+    """
+    phase = 2 * math.pi * p["gait_frequency"] * c["speed"] * t + p["phase"]
+    legs, arms = {}, {}
+    for side in (math.pi, 0.0):
+        legs[side] = (swing_factor * p["leg_swing"] * jnp.sin(phase + side),
+                      p["knee_bend"] * 0.5 * (1 + jnp.cos(phase + side)))
+        arm_angle = -swing_factor * p["arm_swing"] * jnp.sin(phase + side)
+        arms[side] = (arm_angle, arm_angle + p["elbow_bend"] * (0.6 + 0.4 * jnp.sin(phase + side)))
+    return dict(hip_x=c["start_x"] + c["direction"] * c["drift"] * t,
+                hip_y=c["hip_y"] - c["scale_px"] * p["bounce"] * jnp.cos(2 * phase),
+                lean=p["lean"], legs=legs, arms=arms)
+
+
+def _knee_bend(thigh_angle, thigh, shin):
+    """Knee bend and hip drop (body units) when the thigh leans forward and the ankle stays below the hip."""
+    shin_back = jnp.arcsin(jnp.clip(thigh * jnp.sin(thigh_angle) / shin, 0.0, 0.999))
+    drop = thigh + shin - thigh * jnp.cos(thigh_angle) - shin * jnp.cos(shin_back)
+    return thigh_angle + shin_back, drop
+
+
+def _standing_pose(action, p, c, t):
+    """Pose of an action performed in place: the motion comes from the action and the recording's tempo,
+    amplitude and phase; the identity only enters through its body proportions (and its resting lean)."""
+    def cycle(hertz):
+        return 2 * math.pi * hertz * c["tempo"] * t + p["phase"]
+
+    ones = jnp.ones_like(t)
+    amplitude = c["amplitude"]
+    thigh, shin = 0.52 * p["leg_length"], 0.45 * p["leg_length"]
+    drop = jnp.zeros_like(t)  # hip lowering in body units (knee bends)
+    lift = jnp.zeros_like(t)  # hip raising in body units (flight)
+    lean = p["lean"] * ones
+    legs = {math.pi: (-0.06 * ones, 0.05 * ones), 0.0: (0.06 * ones, 0.05 * ones)}
+    arms = {math.pi: (-0.05 * ones, 0.1 * ones), 0.0: (0.08 * ones, 0.25 * ones)}
+    if action == "wave":  # near upper arm raised, forearm waving fore and aft beside the head
+        phase = cycle(2.2)
+        arms[0.0] = (2.0 + 0.12 * amplitude * jnp.sin(phase), math.pi - 0.2 + 0.5 * amplitude * jnp.sin(phase - 0.6))
+    elif action == "jump":  # crouch, take off with both arms swinging up, land
+        rise = jnp.sin(cycle(1.5))
+        lift = 0.08 * amplitude * jnp.maximum(rise, 0.0)
+        thigh_angle = 0.7 * amplitude * jnp.maximum(-rise, 0.0)
+        knee_bend, drop = _knee_bend(thigh_angle, thigh, shin)
+        legs = {side: (thigh_angle, knee_bend) for side in (math.pi, 0.0)}
+        arm_angle = amplitude * (0.6 + 0.9 * rise)
+        arms = {side: (arm_angle + 0.1 * side, arm_angle + 0.2) for side in (math.pi, 0.0)}
+    elif action == "squat":  # slow deep knee bends, arms reaching forward, torso leaning in
+        depth = 0.5 * (1 - jnp.cos(cycle(1.2)))
+        thigh_angle = 0.95 * amplitude * depth
+        knee_bend, drop = _knee_bend(thigh_angle, thigh, shin)
+        legs = {side: (thigh_angle, knee_bend) for side in (math.pi, 0.0)}
+        arms = {side: (1.5 * amplitude * depth - 0.05 * side, 1.6 * amplitude * depth) for side in (math.pi, 0.0)}
+        lean = lean + 0.3 * depth
+    elif action == "punch":  # alternating straight punches from a guard at the chin, staggered stance
+        phase = cycle(1.6)
+        legs = {math.pi: (-0.15 * ones, 0.1 * ones), 0.0: (0.15 * ones, 0.1 * ones)}
+        for side in (math.pi, 0.0):
+            extension = amplitude * jnp.maximum(jnp.sin(phase + side), 0.0) ** 2
+            arms[side] = (0.7 + 0.85 * extension, 2.4 - 0.85 * extension)
+    elif action == "kick":  # the near leg kicks forward and comes back, arms balancing
+        kick = jnp.clip(amplitude * jnp.maximum(jnp.sin(cycle(1.1)), 0.0) ** 2, 0.0, 1.0)
+        legs[0.0] = (1.1 * kick, 0.05 + 0.6 * jnp.sin(math.pi * kick))
+        arms = {math.pi: (0.5 * kick, 0.5 * kick + 0.1), 0.0: (-0.3 * kick, -0.3 * kick + 0.25)}
+    # Weight shifts sway the whole body a little, so its silhouette (not only the moving limbs) fires events.
+    sway = c["scale_px"] * _SWAY * jnp.sin(cycle(_SWAY_HERTZ))
+    return dict(hip_x=c["start_x"] + c["direction"] * sway,
+                hip_y=c["hip_y"] + c["scale_px"] * (c["leg_foreshortening"] * drop - lift),
+                lean=lean, legs=legs, arms=arms)
+
+
+@functools.partial(jax.jit, static_argnames=("num_frames", "height", "width", "fps", "action"))
+def _render_frames(person, camera, background, *, num_frames, height, width, fps, action="walk"):
     """Renders (num_frames, height, width) intensities in [0, 1]; person/camera are dicts of scalars."""
     t = jnp.arange(num_frames, dtype=jnp.float32) / fps
     p, c = person, camera
@@ -204,9 +338,12 @@ def _render_frames(person, camera, background, *, num_frames, height, width, fps
     direction = c["direction"]
     scale = c["scale_px"]
     edge = c["edge_px"]
-    phase = 2 * math.pi * p["gait_frequency"] * c["speed"] * t + p["phase"]
-    hip_x = c["start_x"] + direction * c["drift"] * t
-    hip_y = c["hip_y"] - scale * p["bounce"] * jnp.cos(2 * phase)
+    swing_factor = 1.0 - 0.45 * c["frontal"]  # oblique views show less sagittal limb swing
+    if action == "walk":
+        pose = _walk_pose(p, c, t, swing_factor)
+    else:
+        pose = _standing_pose(action, p, c, t)
+    hip_x, hip_y = pose["hip_x"], pose["hip_y"]
 
     foreshortening = c["leg_foreshortening"]
 
@@ -218,9 +355,8 @@ def _render_frames(person, camera, background, *, num_frames, height, width, fps
         return u0 + length * jnp.sin(angle), v0 - length * jnp.cos(angle)
 
     width_factor = 0.6 + 0.4 * c["frontal"]  # frontal body width shows more in oblique views
-    swing_factor = 1.0 - 0.45 * c["frontal"]  # and sagittal limb swing less
     shoulder_v = 1.0 - p["leg_length"] - 2 * p["head_radius"] - p["neck"]
-    shoulder_u = p["lean"] * shoulder_v
+    shoulder_u = pose["lean"] * shoulder_v
     thigh, shin = 0.52 * p["leg_length"], 0.45 * p["leg_length"]
     upper_arm, forearm = 0.45 * p["arm_length"], 0.4 * p["arm_length"]
 
@@ -247,8 +383,7 @@ def _render_frames(person, camera, background, *, num_frames, height, width, fps
         return image + coverage * (jnp.clip(color * lighting, 0.0, 1.0) - image)
 
     def draw_leg(image, side, shade):
-        angle = swing_factor * p["leg_swing"] * jnp.sin(phase + side)
-        knee_bend = p["knee_bend"] * 0.5 * (1 + jnp.cos(phase + side))
+        angle, knee_bend = pose["legs"][side]
         knee = limb(angle, thigh, 0.0, 0.0)
         ankle = limb(angle - knee_bend, shin, *knee)
         toe = (ankle[0] + 0.09 * jnp.cos(0.4 * (angle - knee_bend)), ankle[1] + 0.09 * jnp.sin(0.4 * angle))
@@ -261,8 +396,7 @@ def _render_frames(person, camera, background, *, num_frames, height, width, fps
                                               0.5 * radius, edge), shade * p["shoes"])
 
     def draw_arm(image, side, shade):
-        angle = -swing_factor * p["arm_swing"] * jnp.sin(phase + side)
-        elbow_angle = angle + p["elbow_bend"] * (0.6 + 0.4 * jnp.sin(phase + side))
+        angle, elbow_angle = pose["arms"][side]
         shoulder = (shoulder_u, shoulder_v - 0.03)
         elbow = limb(angle, upper_arm, *shoulder)
         wrist = limb(elbow_angle, forearm, *elbow)
@@ -280,7 +414,7 @@ def _render_frames(person, camera, background, *, num_frames, height, width, fps
     image = draw_arm(image, math.pi, c["far_shade"])
     image = draw_leg(image, math.pi, c["far_shade"])
     zero = jnp.zeros_like(t)
-    torso = _segment_coverage(px, py, to_image(zero - 0.02 * p["lean"], zero - 0.04),
+    torso = _segment_coverage(px, py, to_image(zero - 0.02 * pose["lean"], zero - 0.04),
                               to_image(zero + shoulder_u, zero + shoulder_v),
                               scale * width_factor * p["hip_half_width"],
                               scale * width_factor * p["shoulder_half_width"], edge)
@@ -295,7 +429,7 @@ def _render_frames(person, camera, background, *, num_frames, height, width, fps
     head = _segment_coverage(px, py, head_center, head_center, scale * p["head_radius"],
                              scale * p["head_radius"], edge)
     # Hair covers the top and the back of the head, above an identity-specific hair line.
-    head_rel_u, head_rel_v = body_u - head_u, body_v - head_v
+    head_rel_u, head_rel_v = body_u - jnp.reshape(head_u, (-1, 1, 1)), body_v - head_v
     is_hair = (head_rel_v - 0.6 * head_rel_u) > p["hair_line"] * p["head_radius"]
     image = paint(image, head, jnp.where(is_hair, p["hair"], p["skin"]))
     image = draw_leg(image, 0.0, 1.0)
@@ -309,17 +443,39 @@ def _as_float32(values):
     return {name: np.float32(value) for name, value in values.items()}
 
 
-def render_recording(config, identity: int, camera: int):
-    """Frames (T, H, W) float32 in [0, 1] and timestamps (T,) float64 in us of one (identity, camera) pair."""
+def _check_action(action, lighting):
+    if action is None:
+        if lighting is not None:
+            raise SyntheticDataError(f"lighting={lighting!r} needs an action (one of {ACTIONS}).")
+        return
+    if action not in ACTIONS:
+        raise SyntheticDataError(f"action={action!r}: use one of {ACTIONS}.")
+    if lighting not in LIGHTING:
+        raise SyntheticDataError(f"lighting={lighting!r}: use one of {tuple(LIGHTING)}.")
+
+
+def render_recording(config, identity: int, camera: int, action: str | None = None,
+                     lighting: str | None = None):
+    """Frames (T, H, W) float32 in [0, 1] and timestamps (T,) float64 in us of one recording.
+
+    Without `action`: the walking-only dataset's (identity, camera) recording. With an action of ACTIONS and a
+    lighting of LIGHTING (default "normal"): that recording of the action dataset.
+    """
     _check_config(config)
+    if action is not None and lighting is None:
+        lighting = next(iter(LIGHTING))
+    _check_action(action, lighting)
     person = sample_identity(config.seed, identity)
     cam = sample_camera(config.seed, camera, config.height, config.width)
-    nuisance = sample_recording_nuisance(config.seed, identity, camera)
+    if action is None:
+        nuisance = sample_recording_nuisance(config.seed, identity, camera)
+    else:
+        nuisance = sample_action_nuisance(config.seed, identity, camera, action, lighting)
     num_frames = int(round(config.duration_s * config.fps)) + 1
     # Pixels per body unit, chosen so that the foreshortened person is scale * height tall on the sensor.
     scale_px = (cam["scale"] * person["height"] * nuisance["scale"] * config.height
                 / (1 + person["leg_length"] * (cam["leg_foreshortening"] - 1)))
-    drift = cam["drift"] * nuisance["drift"]
+    drift = cam["drift"] * nuisance["drift"] if action in (None, "walk") else 0.0  # other actions stay in place
     start_x = (config.width / 2 + config.width * nuisance["x_offset"]
                - cam["direction"] * drift * config.duration_s / 2)
     camera_values = {name: value for name, value in cam.items() if name != "background"}
@@ -327,16 +483,25 @@ def render_recording(config, identity: int, camera: int):
         scale_px=scale_px, speed=cam["speed"] * nuisance["speed"], drift=drift, start_x=start_x,
         hip_y=config.height * (1 - cam["bottom_margin"]) - scale_px * person["leg_length"] * cam["leg_foreshortening"],
         brightness=nuisance["brightness"])
+    if action is not None:
+        light = LIGHTING[lighting]
+        camera_values.update(tempo=nuisance["tempo"], amplitude=nuisance["amplitude"],
+                             gain=cam["gain"] * light["gain"], gamma=cam["gamma"] * light["gamma"],
+                             offset=cam["offset"] + light["offset"])
     person_values = dict(person, phase=nuisance["phase"])
     frames = _render_frames(_as_float32(person_values), _as_float32(camera_values), jnp.asarray(cam["background"]),
                             num_frames=num_frames, height=config.height, width=config.width,
-                            fps=float(config.fps))
+                            fps=float(config.fps), action=action or "walk")
     timestamps_us = np.arange(num_frames, dtype=np.float64) * (1e6 / config.fps)
     return np.asarray(frames), timestamps_us
 
 
-def _recording_events(config, params, identity, camera, frames, timestamps_us):
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), identity), camera)
+def _recording_events(config, params, recording, frames, timestamps_us):
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), recording["identity"]),
+                             recording["camera"])
+    if recording["action"] is not None:
+        key = jax.random.fold_in(jax.random.fold_in(key, ACTIONS.index(recording["action"])),
+                                 list(LIGHTING).index(recording["lighting"]))
     stream, dropped = simulate_events_with_stats(frames, timestamps_us, params, key)
     resolution = config.timestamp_resolution_us
     t = np.round(stream.t / resolution) * resolution  # monotone, so the order is kept
@@ -346,7 +511,28 @@ def _recording_events(config, params, identity, camera, frames, timestamps_us):
 
 
 def _config_json(config):
-    return json.loads(json.dumps(config.to_dict(), sort_keys=True))
+    values = config.to_dict()
+    if not _num_actions(config):
+        # The walking-only dataset keeps the marker it had before actions existed, so caches stay valid.
+        values.pop("num_actions", None)
+        values.pop("num_lighting", None)
+    return json.loads(json.dumps(values, sort_keys=True))
+
+
+def recordings(config) -> list[dict]:
+    """The recordings of a config in generation order: dicts with int "identity" and "camera", "action" and
+    "lighting" names (None when num_actions = 0) and "folder", the path relative to the root ("/"-separated)."""
+    actions = ACTIONS[:_num_actions(config)] or (None,)
+    lightings = tuple(LIGHTING)[:_num_lighting(config)] if _num_actions(config) else (None,)
+    listed = []
+    for identity in range(1, config.num_identities + 1):
+        for camera in range(1, config.num_cameras + 1):
+            for action in actions:
+                for lighting in lightings:
+                    folder = f"cam{camera:02d}" if action is None else f"cam{camera:02d}_{action}_{lighting}"
+                    listed.append(dict(identity=identity, camera=camera, action=action, lighting=lighting,
+                                       folder=f"{identity:03d}/{folder}"))
+    return listed
 
 
 def _read_marker(root):
@@ -362,7 +548,9 @@ def generate(root, config=None) -> dict:
 
     Writes to a temporary sibling folder and renames it at the end, so an interrupted run leaves no partial
     dataset. Raises SyntheticDataError if root holds a different config or unrelated files.
-    Returns a summary dict (also stored in the completion marker).
+    Returns a summary dict (also stored in the completion marker). Its "recordings" entries hold "identity",
+    "camera" and "num_events", with actions also "action", "lighting" and "folder" (relative to root); the
+    summary then also lists the "actions" and "lighting_conditions" in use.
     """
     config = default_synthetic_config() if config is None else config
     params = _check_config(config)
@@ -385,22 +573,28 @@ def generate(root, config=None) -> dict:
         shutil.rmtree(partial)  # left behind by an interrupted run
     os.makedirs(partial)
     started = time.time()
-    event_counts, dropped_total, recordings = [], 0, []
-    for identity in range(1, config.num_identities + 1):
-        for camera in range(1, config.num_cameras + 1):
-            frames, timestamps_us = render_recording(config, identity, camera)
-            stream, dropped = _recording_events(config, params, identity, camera, frames, timestamps_us)
-            folder = os.path.join(partial, f"{identity:03d}", f"cam{camera:02d}")
-            os.makedirs(folder)
-            write_event_text(os.path.join(folder, "events.txt"), stream, header=True)
-            keep_every = max(1, int(round(config.fps / config.saved_frames_fps)))
-            np.savez_compressed(os.path.join(folder, "frames.npz"),
-                                frames=np.round(frames[::keep_every] * 255).astype(np.uint8),
-                                timestamps_us=timestamps_us[::keep_every])
-            event_counts.append(len(stream))
-            dropped_total += dropped
-            recordings.append(dict(identity=f"{identity:03d}", camera=f"cam{camera:02d}", num_events=len(stream)))
-        if identity % _PROGRESS_EVERY_IDENTITIES == 0 or identity == config.num_identities:
+    event_counts, dropped_total, entries = [], 0, []
+    keep_every = max(1, int(round(config.fps / config.saved_frames_fps)))
+    listed = recordings(config)
+    for index, recording in enumerate(listed):
+        identity = recording["identity"]
+        frames, timestamps_us = render_recording(config, identity, recording["camera"], recording["action"],
+                                                 recording["lighting"])
+        stream, dropped = _recording_events(config, params, recording, frames, timestamps_us)
+        folder = os.path.join(partial, recording["folder"])
+        os.makedirs(folder)
+        write_event_text(os.path.join(folder, "events.txt"), stream, header=True)
+        np.savez_compressed(os.path.join(folder, "frames.npz"),
+                            frames=np.round(frames[::keep_every] * 255).astype(np.uint8),
+                            timestamps_us=timestamps_us[::keep_every])
+        event_counts.append(len(stream))
+        dropped_total += dropped
+        entry = dict(identity=f"{identity:03d}", camera=f"cam{recording['camera']:02d}", num_events=len(stream))
+        if recording["action"] is not None:
+            entry.update(action=recording["action"], lighting=recording["lighting"], folder=recording["folder"])
+        entries.append(entry)
+        last_of_identity = index + 1 == len(listed) or listed[index + 1]["identity"] != identity
+        if last_of_identity and (identity % _PROGRESS_EVERY_IDENTITIES == 0 or identity == config.num_identities):
             logging.info("Synthetic dataset: %d/%d identities, %d events so far, %.1f s.", identity,
                          config.num_identities, sum(event_counts), time.time() - started)
     if dropped_total:
@@ -411,7 +605,11 @@ def generate(root, config=None) -> dict:
         num_recordings=len(event_counts), total_events=int(sum(event_counts)),
         min_events_per_recording=int(min(event_counts)), max_events_per_recording=int(max(event_counts)),
         dropped_events=int(dropped_total), generation_seconds=round(time.time() - started, 2),
-        recordings=recordings)
+        recordings=entries)
+    if _num_actions(config):
+        summary.update(num_actions=_num_actions(config), num_lighting=_num_lighting(config),
+                       actions=list(ACTIONS[:_num_actions(config)]),
+                       lighting_conditions=list(LIGHTING)[:_num_lighting(config)])
     with open(os.path.join(partial, MARKER_NAME), "w", encoding="utf-8") as f:
         json.dump(dict(config=config_json, summary=summary), f, indent=1, sort_keys=True)
     if os.path.exists(root):

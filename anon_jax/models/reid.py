@@ -147,10 +147,15 @@ def global_average_pool(feature_map):
 
 
 class ClassBlock(nn.Module):
-    """The paper's head: Dense -> BatchNorm -> LeakyReLU(0.5) -> `embed` -> Dense -> `logits`."""
+    """The paper's head: Dense -> BatchNorm -> LeakyReLU(0.5) -> Dropout -> `embed` -> Dense -> `logits`.
+
+    `dropout` is 0 in the ReId-without-Id head and 0.5 in AnonyNoise's ClassNet; it acts in training only and
+    then needs a "dropout" rng. Both `embed` and the logits see the dropped values, as in AnonyNoise.
+    """
 
     num_classes: int
     embed_dim: int = 256
+    dropout: float = 0.0
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -163,6 +168,7 @@ class ClassBlock(nn.Module):
             train, self.dtype, "embed_bn", scale_init=_normal_around_one(0.02), bias_init=nn.initializers.zeros
         )(embed)
         embed = nn.leaky_relu(embed, negative_slope=0.5)
+        embed = nn.Dropout(self.dropout, deterministic=not train)(embed)
         logits = nn.Dense(
             self.num_classes, kernel_init=nn.initializers.normal(0.001), bias_init=nn.initializers.zeros,
             dtype=self.dtype, name="logits_dense",

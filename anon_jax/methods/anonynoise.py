@@ -1,0 +1,491 @@
+"""AnonyNoise (Bendig et al., WACV 2025): learned noise on event frames that keeps a target task (gesture, emotion,
+action) recognisable and defeats re-identification.
+
+Stages (each resumable in the workdir):
+  data             the dataset as event frames (n time bins x 2 polarities): the embedded synthetic actions or a
+                   real one read from a local folder
+  pretrain_target  the target network on clean frames (cross-entropy)
+  pretrain_reid    the ReId network on clean frames (cross-entropy + batch-hard triplet with margin 4)
+  pipeline         anonymizer, target network and ReId network updated on every batch by their own optimizers:
+                   anonymizer on CE(T(A(x))) - triplet(R(A(x))), T and R on the detached A(x)
+  post_reid        a ReId attacker trained again on anonymised frames (anonymizer frozen)
+  post_denoise     the inversion attack: a denoiser and a ReId attacker trained jointly on anonymised frames
+                   (task loss + MSE to the clean frames)
+  evaluate         target accuracy and ReId CMC/mAP on raw and anonymised data against every attacker
+"""
+
+
+import functools
+import os
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metrics as clu_metrics
+
+from anon_jax import losses
+from anon_jax.data import anonynoise_data, frame_augment, pipeline
+from anon_jax.metrics import reid as reid_metrics
+from anon_jax.models import anonynoise as models
+from anon_jax.training import mesh as mesh_lib
+from anon_jax.training import optim, precision
+from anon_jax.training import report as report_lib
+from anon_jax.training.checkpoint import Checkpoints
+from anon_jax.training.loop import create_writer, train_loop
+from anon_jax.training.stages import run_stage, run_training_stage
+
+EVAL_SPLITS = ("val", "query", "gallery")
+
+
+@flax.struct.dataclass
+class ClassifierMetrics(clu_metrics.Collection):
+    loss: clu_metrics.Average.from_output("loss")
+    cross_entropy: clu_metrics.Average.from_output("cross_entropy")
+    triplet: clu_metrics.Average.from_output("triplet")
+    denoise_mse: clu_metrics.Average.from_output("denoise_mse")
+    accuracy: clu_metrics.Accuracy
+
+
+@flax.struct.dataclass
+class PipelineMetrics(clu_metrics.Collection):
+    anonymizer_loss: clu_metrics.Average.from_output("anonymizer_loss")
+    target_cross_entropy: clu_metrics.Average.from_output("target_cross_entropy")
+    reid_loss: clu_metrics.Average.from_output("reid_loss")
+    reid_triplet_on_anonymizer: clu_metrics.Average.from_output("reid_triplet_on_anonymizer")
+    target_accuracy: clu_metrics.Average.from_output("target_accuracy")
+
+
+# ------------------------------------------------------------------------------------------------------ networks
+def build_networks(config, num_targets: int, num_identities: int, dtype):
+    """(anonymizer, target network, ReId network, denoiser) Linen modules of the config."""
+    channels = 2 * config.data.num_time_bins
+    net = config.model
+    anonymizer = models.NoiseAnonymizer(num_channels=channels, variant=config.anonymizer.variant,
+                                        noise_std=config.anonymizer.noise_std,
+                                        features=tuple(config.anonymizer.features), dtype=dtype)
+    classnet = functools.partial(models.ClassNet, depth=net.depth, width=net.width, embed_dim=net.embed_dim,
+                                 dropout=net.dropout, dtype=dtype)
+    denoiser = models.DenoiseNet(num_channels=channels, features=config.denoiser.features,
+                                 num_layers=config.denoiser.num_layers, dtype=dtype)
+    return anonymizer, classnet(num_classes=num_targets), classnet(num_classes=num_identities), denoiser
+
+
+def _init(module, rng, frames_shape, **kwargs):
+    # Jitted: un-jitted init dispatches every initialiser separately and is slow on CPU.
+    rngs = {"params": rng, "noise": rng, "dropout": rng}
+    return flax.core.unfreeze(jax.jit(functools.partial(module.init, **kwargs))(
+        rngs, jnp.zeros((1, *frames_shape), jnp.float32)))
+
+
+def _trainable(variables, tx):
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {}),
+            "opt_state": tx.init(variables["params"])}
+
+
+def _cross_entropy_and_accuracy(logits, labels):
+    ce = losses.cross_entropy(logits, labels)
+    return ce, jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+
+
+# ------------------------------------------------------------------------------------------- training a classifier
+def make_classifier_step(config, net, tx, *, label_key: str, use_triplet: bool, anonymizer=None, denoiser=None):
+    """Train step of a target or ReId network on clean frames, on anonymised frames (frozen `anonymizer`, whose
+    params travel in state["anonymizer"]) or on denoised anonymised frames (`denoiser` trained jointly)."""
+    margin = config.loss.triplet_margin
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        augment_key, noise_key, dropout_key = jax.random.split(rng, 3)
+        clean = frame_augment.augment(augment_key, batch["frames"], **augment_args(config))
+        inputs = clean
+        if anonymizer is not None:
+            inputs = anonymizer.apply({"params": state["anonymizer"]}, clean, rngs={"noise": noise_key})
+        labels = batch[label_key]
+        model = state["model"]
+
+        def loss_fn(params):
+            x, stats = inputs, {}
+            mse = jnp.zeros((), jnp.float32)
+            if denoiser is not None:
+                x, updates = denoiser.apply({"params": params["denoiser"],
+                                             "batch_stats": model["batch_stats"]["denoiser"]}, inputs, train=True,
+                                            mutable=["batch_stats"])
+                stats["denoiser"] = updates["batch_stats"]
+                mse = jnp.mean(jnp.square(x - clean))
+            outputs, updates = net.apply({"params": params["net"], "batch_stats": model["batch_stats"]["net"]}, x,
+                                         train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+            stats["net"] = updates["batch_stats"]
+            ce, accuracy = _cross_entropy_and_accuracy(outputs["logits"], labels)
+            triplet = jnp.zeros((), jnp.float32)
+            if use_triplet:
+                triplet = losses.batch_hard_triplet(outputs["embed"], labels, margin=margin, self_positive=True)
+            loss = ce + triplet + mse
+            return loss, (stats, outputs["logits"], ce, triplet, mse)
+
+        grads, (stats, logits, ce, triplet, mse) = jax.grad(loss_fn, has_aux=True)(model["params"])
+        updates, opt_state = tx.update(grads, model["opt_state"], model["params"])
+        new_model = {"params": optax.apply_updates(model["params"], updates), "batch_stats": stats,
+                     "opt_state": opt_state}
+        metrics = ClassifierMetrics.single_from_model_output(
+            loss=ce + triplet + mse, cross_entropy=ce, triplet=triplet, denoise_mse=mse, logits=logits,
+            labels=labels)
+        return {**state, "step": state["step"] + 1, "model": new_model}, metrics
+
+    return train_step
+
+
+def augment_args(config) -> dict:
+    augment = config.data.augment
+    return {"padding": augment.padding, "max_degrees": augment.max_degrees, "hflip": augment.hflip,
+            "size": augment.crop_size or None}
+
+
+def _sampler(train: dict, batch_size: int, seed: int):
+    # AnonyNoise draws plain shuffled batches (no P x K identity sampler).
+    return functools.partial(pipeline.shuffled_batches, len(train["frames"]), batch_size, seed=seed)
+
+
+def _fit(name: str, stage_dir: str, state, train_step, train: dict, section, *, mesh, seed: int,
+         tensorboard_dir: str):
+    """Runs `train_step` over shuffled batches of `train` for section.num_epochs (resumable); returns the state."""
+    mesh_lib.check_batch_size(section.batch_size, mesh)
+    sampler = _sampler(train, section.batch_size, seed)
+    num_steps = section.num_epochs * len(sampler(epoch=0))
+    checkpoints = Checkpoints(f"{stage_dir}/checkpoints", max_to_keep=2, save_every_steps=section.checkpoint_every_steps)
+    state = checkpoints.restore_or(mesh_lib.replicate(state, mesh))
+    arrays = {key: train[key] for key in ("frames", "target", "identity")}
+    local_batches = pipeline.batch_iterator(arrays, sampler, start_step=int(jax.device_get(state["step"])),
+                                            process_index=jax.process_index(), process_count=jax.process_count())
+    batches = pipeline.prefetch(mesh_lib.shard_batch(batch, mesh) for batch in local_batches)
+    step = jax.jit(train_step, donate_argnums=0, out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)))
+    state = train_loop(name=name, state=state, train_step=step, batches=batches, num_steps=num_steps,
+                       checkpoints=checkpoints, writer=create_writer(tensorboard_dir),
+                       log_every_steps=section.log_every_steps)
+    checkpoints.close()
+    return state, num_steps
+
+
+def _steps_per_epoch(train: dict, batch_size: int) -> int:
+    return len(train["frames"]) // batch_size
+
+
+def train_classifier(config, stage_dir: str, train: dict, net, *, label_key: str, use_triplet: bool, section,
+                     init_variables=None, anonymizer=None, anonymizer_params=None, denoiser=None, mesh, seed: int,
+                     tensorboard_dir: str):
+    """Trains `net` (from `init_variables` or fresh) and, with `denoiser`, the denoiser with it; returns
+    ((net variables, denoiser variables or None), info)."""
+    tx, _ = optim.make_optimizer(section.optimizer, num_steps=section.num_epochs * _steps_per_epoch(
+        train, section.batch_size), steps_per_epoch=_steps_per_epoch(train, section.batch_size))
+    rng = jax.random.key(seed)
+    frames_shape = train["frames"].shape[1:]
+    net_variables = init_variables or _init(net, rng, frames_shape, train=False)
+    variables = {"params": {"net": net_variables["params"]}, "batch_stats": {"net": net_variables["batch_stats"]}}
+    if denoiser is not None:
+        denoiser_variables = _init(denoiser, jax.random.fold_in(rng, 1), frames_shape, train=False)
+        variables["params"]["denoiser"] = denoiser_variables["params"]
+        variables["batch_stats"]["denoiser"] = denoiser_variables["batch_stats"]
+    state = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.fold_in(rng, 2), "model": _trainable(variables, tx)}
+    if anonymizer is not None:
+        state["anonymizer"] = anonymizer_params
+    step = make_classifier_step(config, net, tx, label_key=label_key, use_triplet=use_triplet,
+                                anonymizer=anonymizer, denoiser=denoiser)
+    started = time.perf_counter()
+    state, num_steps = _fit(os.path.basename(stage_dir), stage_dir, state, step, train, section, mesh=mesh,
+                            seed=seed, tensorboard_dir=tensorboard_dir)
+    model = state["model"]
+    net_out = {"params": model["params"]["net"], "batch_stats": model["batch_stats"]["net"]}
+    denoiser_out = None
+    if denoiser is not None:
+        denoiser_out = {"params": model["params"]["denoiser"], "batch_stats": model["batch_stats"]["denoiser"]}
+    return (net_out, denoiser_out), {"num_steps": num_steps, "seconds": round(time.perf_counter() - started, 1)}
+
+
+# ------------------------------------------------------------------------------------------ adversarial pipeline
+def make_pipeline_step(config, anonymizer, target_net, reid_net, txs: dict):
+    """One batch of the adversarial pipeline: all three gradients from the same forward pass, at the pre-update
+    parameters, then each optimizer updates its own network (the original's manual optimisation order).
+
+    Each network sees the anonymised batch twice in train mode (through the anonymizer, then detached), so its
+    BatchNorm running statistics are updated twice per step, as in the original.
+    """
+    margin = config.loss.triplet_margin
+
+    def apply_net(net, params, batch_stats, x, key):
+        outputs, updates = net.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                     rngs={"dropout": key}, mutable=["batch_stats"])
+        return outputs, updates["batch_stats"]
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        augment_key, noise_key, *dropout_keys = jax.random.split(rng, 6)
+        clean = frame_augment.augment(augment_key, batch["frames"], **augment_args(config))
+        target, reid = state["target"], state["reid"]
+
+        def anonymizer_loss(params):
+            anonymised = anonymizer.apply({"params": params}, clean, rngs={"noise": noise_key})
+            reid_out, reid_stats = apply_net(reid_net, reid["params"], reid["batch_stats"], anonymised,
+                                             dropout_keys[0])
+            target_out, target_stats = apply_net(target_net, target["params"], target["batch_stats"],
+                                                 anonymised, dropout_keys[1])
+            ce = losses.cross_entropy(target_out["logits"], batch["target"])
+            triplet = losses.batch_hard_triplet(reid_out["embed"], batch["identity"], margin=margin,
+                                                self_positive=True)
+            return ce - triplet, (anonymised, reid_stats, target_stats, triplet)
+
+        anonymizer_grads, (anonymised, reid_stats, target_stats, triplet_a) = jax.grad(
+            anonymizer_loss, has_aux=True)(state["anonymizer"]["params"])
+        detached = jax.lax.stop_gradient(anonymised)
+
+        def target_loss(params):
+            outputs, stats = apply_net(target_net, params, target_stats, detached, dropout_keys[2])
+            ce, accuracy = _cross_entropy_and_accuracy(outputs["logits"], batch["target"])
+            return ce, (stats, ce, accuracy)
+
+        def reid_loss(params):
+            outputs, stats = apply_net(reid_net, params, reid_stats, detached, dropout_keys[3])
+            ce = losses.cross_entropy(outputs["logits"], batch["identity"])
+            triplet = losses.batch_hard_triplet(outputs["embed"], batch["identity"], margin=margin, self_positive=True)
+            return ce + triplet, stats
+
+        target_grads, (target_bn, target_ce, target_accuracy) = jax.grad(target_loss, has_aux=True)(target["params"])
+        (reid_value, reid_bn), reid_grads = jax.value_and_grad(reid_loss, has_aux=True)(reid["params"])
+
+        def update(name, part, grads, batch_stats=None):
+            updates, opt_state = txs[name].update(grads, part["opt_state"], part["params"])
+            new = {"params": optax.apply_updates(part["params"], updates), "opt_state": opt_state}
+            if batch_stats is not None:
+                new["batch_stats"] = batch_stats
+            return new
+
+        new_state = {
+            **state, "step": state["step"] + 1,
+            "anonymizer": update("anonymizer", state["anonymizer"], anonymizer_grads),
+            "target": update("target", target, target_grads, target_bn),
+            "reid": update("reid", reid, reid_grads, reid_bn),
+        }
+        metrics = PipelineMetrics.single_from_model_output(
+            anonymizer_loss=target_ce - triplet_a, target_cross_entropy=target_ce, reid_loss=reid_value,
+            reid_triplet_on_anonymizer=triplet_a, target_accuracy=target_accuracy)
+        return new_state, metrics
+
+    return train_step
+
+
+def train_pipeline(config, stage_dir: str, train: dict, networks, pretrained: dict, *, mesh, seed: int,
+                   tensorboard_dir: str):
+    """Adversarial training from the pretrained target and ReId networks and a fresh anonymizer."""
+    anonymizer, target_net, reid_net, _ = networks
+    section = config.pipeline
+    steps_per_epoch = _steps_per_epoch(train, section.batch_size)
+    num_steps = section.num_epochs * steps_per_epoch
+    txs = {name: optim.make_optimizer(section[f"{name}_optimizer"], num_steps=num_steps,
+                                      steps_per_epoch=steps_per_epoch)[0]
+           for name in ("anonymizer", "target", "reid")}
+    rng = jax.random.key(seed)
+    anonymizer_variables = _init(anonymizer, rng, train["frames"].shape[1:])
+    state = {
+        "step": jnp.zeros((), jnp.int32), "rng": jax.random.fold_in(rng, 1),
+        "anonymizer": {"params": anonymizer_variables["params"],
+                       "opt_state": txs["anonymizer"].init(anonymizer_variables["params"])},
+        "target": _trainable(pretrained["target"], txs["target"]),
+        "reid": _trainable(pretrained["reid"], txs["reid"]),
+    }
+    started = time.perf_counter()
+    step = make_pipeline_step(config, anonymizer, target_net, reid_net, txs)
+    state, num_steps = _fit("pipeline", stage_dir, state, step, train, section, mesh=mesh, seed=seed,
+                            tensorboard_dir=tensorboard_dir)
+    trained = {"anonymizer": state["anonymizer"]["params"],
+               **{name: {"params": state[name]["params"], "batch_stats": state[name]["batch_stats"]}
+                  for name in ("target", "reid")}}
+    return trained, {"num_steps": num_steps, "seconds": round(time.perf_counter() - started, 1)}
+
+
+# -------------------------------------------------------------------------------------------------- evaluation
+def anonymise_split(anonymizer, params, frames: np.ndarray, key, *, batch_size: int, mesh) -> np.ndarray:
+    """A(frames) with independent noise per sample (drawn from `key`), on the host."""
+    keys = jax.random.key_data(jax.random.split(key, len(frames)))
+
+    def apply(params, batch):
+        def one(x, sample_key):
+            noise_key = jax.random.wrap_key_data(sample_key)
+            return anonymizer.apply({"params": params}, x[None], rngs={"noise": noise_key})[0]
+        return jax.vmap(one)(batch["frames"], batch["keys"])
+
+    return mesh_lib.map_batches(apply, params, {"frames": frames, "keys": np.asarray(keys)}, batch_size=batch_size,
+                                mesh=mesh)
+
+
+def _predict(net, variables, frames: np.ndarray, *, batch_size: int, mesh, denoiser=None,
+             denoiser_variables=None) -> dict:
+    """Eval-mode network outputs ("logits", "embed") of `frames`, through the denoiser first when given."""
+    def apply(params, batch):
+        x = batch
+        if denoiser is not None:
+            x = denoiser.apply(params["denoiser"], x, train=False)
+        outputs = net.apply(params["net"], x, train=False)
+        return {"logits": outputs["logits"], "embed": outputs["embed"]}
+
+    params = {"net": variables, "denoiser": denoiser_variables}
+    return mesh_lib.map_batches(apply, params, frames, batch_size=batch_size, mesh=mesh)
+
+
+def retrieval(query_embed, query_flip_embed, gallery_embed, gallery_flip_embed, query: dict, gallery: dict,
+              *, max_rank: int) -> dict:
+    """CMC/mAP (standard and the original's trapezoid AP) of input+flip features, L2-normalised, cosine-ranked.
+
+    A gallery item matches when it shows the query's identity under another condition (gesture, emotion, camera,
+    action); same identity and same condition is junk, as in AnonyNoise's evaluation.
+    """
+    q = reid_metrics.l2_normalize(query_embed + query_flip_embed)
+    g = reid_metrics.l2_normalize(gallery_embed + gallery_flip_embed)
+    distances = reid_metrics.cosine_distance(q, g)
+    rows = {}
+    for ap in ("standard", "trapezoid"):
+        scores = reid_metrics.cmc_map(distances, query["identity"], gallery["identity"], query["condition"],
+                                      gallery["condition"], max_rank=max_rank, ap=ap)
+        rows[ap] = {"rank1": float(scores["rank1"]), "rank5": float(scores["rank5"]),
+                    "mAP": float(scores["mAP"]), "cmc": [float(v) for v in scores["cmc"]]}
+    return rows
+
+
+def evaluate(config, splits: dict, networks, trained: dict, *, mesh) -> dict:
+    """Report rows: target accuracy and ReId rank-1/mAP for raw data and each attack on anonymised data."""
+    anonymizer, target_net, reid_net, denoiser = networks
+    batch_size, max_rank = config.eval.batch_size, config.eval.max_rank
+    key = jax.random.key(config.seed + 7)
+    flip = {name: splits[name]["frames"][:, :, ::-1, :] for name in EVAL_SPLITS if name in splits}
+    raw = {name: splits[name]["frames"] for name in flip}
+    # Every anonymisation draws fresh noise, the flipped copies included (the original anonymises both passes).
+    anonymised, anonymised_flip = {}, {}
+    for index, name in enumerate(flip):
+        anonymised[name] = anonymise_split(anonymizer, trained["pipeline"]["anonymizer"], raw[name],
+                                           jax.random.fold_in(key, 2 * index), batch_size=batch_size, mesh=mesh)
+        anonymised_flip[name] = anonymise_split(anonymizer, trained["pipeline"]["anonymizer"], flip[name],
+                                                jax.random.fold_in(key, 2 * index + 1), batch_size=batch_size,
+                                                mesh=mesh)
+
+    def reid_row(net_variables, inputs, inputs_flip, **denoise):
+        embeds = {name: _predict(reid_net, net_variables, inputs[name], batch_size=batch_size, mesh=mesh,
+                                 **denoise)["embed"] for name in ("query", "gallery")}
+        flipped = {name: _predict(reid_net, net_variables, inputs_flip[name], batch_size=batch_size, mesh=mesh,
+                                  **denoise)["embed"] for name in ("query", "gallery")}
+        return retrieval(embeds["query"], flipped["query"], embeds["gallery"], flipped["gallery"],
+                         splits["query"], splits["gallery"], max_rank=max_rank)
+
+    def target_accuracy(net_variables, inputs):
+        if "val" not in inputs or np.all(splits["val"]["target"] < 0):
+            return None
+        logits = _predict(target_net, net_variables, inputs["val"], batch_size=batch_size, mesh=mesh)["logits"]
+        return float(np.mean(np.argmax(logits, -1) == splits["val"]["target"]))
+
+    denoise = {"denoiser": denoiser, "denoiser_variables": trained["post_denoise"]["denoiser"]}
+    rows = {
+        "raw data (pretrained networks)": (target_accuracy(trained["pretrain_target"], raw),
+                                           reid_row(trained["pretrain_reid"], raw, flip)),
+        "anonymised, pipeline attacker": (target_accuracy(trained["pipeline"]["target"], anonymised),
+                                          reid_row(trained["pipeline"]["reid"], anonymised, anonymised_flip)),
+        "anonymised, post-trained attacker": (None, reid_row(trained["post_reid"], anonymised, anonymised_flip)),
+        "anonymised, denoiser + attacker (inversion)": (
+            None, reid_row(trained["post_denoise"]["net"], anonymised, anonymised_flip, **denoise)),
+    }
+    examples = {"raw": raw["query"][:4], "anonymised": anonymised["query"][:4],
+                "denoised": denoiser.apply(trained["post_denoise"]["denoiser"], anonymised["query"][:4], train=False)}
+    return rows, jax.tree_util.tree_map(np.asarray, examples)
+
+
+def save_example_figure(examples: dict, path: str) -> None:
+    """Raw vs anonymised vs denoised frames (event count summed over bins and polarities) of a few query samples."""
+    names = list(examples)
+    count = len(examples[names[0]])
+    figure, axes = plt.subplots(len(names), count, figsize=(2 * count, 2.2 * len(names)), squeeze=False)
+    for row, name in enumerate(names):
+        for column in range(count):
+            axis = axes[row][column]
+            axis.imshow(np.abs(examples[name][column]).sum(-1), cmap="magma")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column == 0:
+                axis.set_ylabel(name)
+    report_lib.save_figure(figure, path)
+
+
+# ------------------------------------------------------------------------------------------------------- driver
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs every stage in `workdir` (skipping finished ones) and writes the report."""
+    mesh = mesh_lib.make_mesh(config.mesh_shape)
+    dtype = precision.compute_dtype(config.compute_dtype)
+    tensorboard_dir = f"{workdir}/tensorboard"
+    data_info = run_stage(workdir, "data", lambda stage_dir: anonynoise_data.prepare(config.data, stage_dir),
+                          primary_only=True)
+    splits = anonynoise_data.load_prepared(data_info)
+    train = splits["train"]
+    if np.any(train["target"] < 0):
+        raise ValueError(f"config.data.name={config.data.name!r} has no target task, which the AnonyNoise pipeline "
+                         "trains against; use a dataset with one (synthetic, dvsgesture, see).")
+    # Classifier labels 0..K-1: a dataset's global identity map interleaves training and unseen identities (SEE).
+    train = dict(train, identity=np.unique(train["identity"], return_inverse=True)[1].astype(np.int32))
+    num_targets = int(train["target"].max()) + 1
+    num_identities = int(train["identity"].max()) + 1
+    logging.info("Data: %d train samples (%d identities, %d target classes), frames %s; %s",
+                 len(train["frames"]), num_identities, num_targets, train["frames"].shape[1:],
+                 ", ".join(f"{len(splits[name]['frames'])} {name}" for name in EVAL_SPLITS if name in splits))
+    networks = build_networks(config, num_targets, num_identities, dtype)
+    anonymizer, target_net, reid_net, denoiser = networks
+    common = {"mesh": mesh, "seed": config.seed, "tensorboard_dir": tensorboard_dir}
+    trained = {}
+
+    def pretrain(name, net, label_key, use_triplet):
+        (variables, _), info = run_training_stage(workdir, name, lambda stage_dir: train_classifier(
+            config, stage_dir, train, net, label_key=label_key, use_triplet=use_triplet, section=config.pretrain,
+            **common))
+        trained[name] = variables
+        return info
+
+    infos = {"pretrain_target": pretrain("pretrain_target", target_net, "target", False),
+             "pretrain_reid": pretrain("pretrain_reid", reid_net, "identity", True)}
+    trained["pipeline"], infos["pipeline"] = run_training_stage(workdir, "pipeline", lambda stage_dir: train_pipeline(
+        config, stage_dir, train, networks, {"target": trained["pretrain_target"], "reid": trained["pretrain_reid"]},
+        **common))
+    attacker_init = trained["pipeline"]["reid"] if config.post.init == "pipeline" else None
+    frozen = {"anonymizer": anonymizer, "anonymizer_params": trained["pipeline"]["anonymizer"]}
+    (trained["post_reid"], _), infos["post_reid"] = run_training_stage(workdir, "post_reid", lambda stage_dir: (
+        train_classifier(config, stage_dir, train, reid_net, label_key="identity", use_triplet=True,
+                         section=config.post, init_variables=attacker_init, **frozen, **common)))
+    (net_variables, denoiser_variables), infos["post_denoise"] = run_training_stage(
+        workdir, "post_denoise", lambda stage_dir: train_classifier(
+            config, stage_dir, train, reid_net, label_key="identity", use_triplet=True, section=config.post,
+            init_variables=attacker_init, denoiser=denoiser, **frozen, **common))
+    trained["post_denoise"] = {"net": net_variables, "denoiser": denoiser_variables}
+
+    def evaluate_stage(stage_dir):
+        rows, examples = evaluate(config, splits, networks, trained, mesh=mesh)
+        save_example_figure(examples, os.path.join(workdir, "examples.png"))
+        return {"rows": {name: {"target_accuracy": accuracy, **{ap: scores for ap, scores in reid.items()}}
+                         for name, (accuracy, reid) in rows.items()}}
+
+    evaluated = run_stage(workdir, "evaluate", evaluate_stage)["rows"]
+    metrics = {}
+    for name, values in evaluated.items():
+        row = {key: values["standard"][key] for key in ("rank1", "rank5", "mAP")}
+        row["mAP (trapezoid, original)"] = values["trapezoid"]["mAP"]
+        if values["target_accuracy"] is not None:
+            row["target_accuracy"] = values["target_accuracy"]
+        metrics[name] = row
+        logging.info("%-45s %s", name, "  ".join(f"{k} {100 * v:.1f}%" for k, v in row.items()))
+    raw_rank1 = metrics["raw data (pretrained networks)"]["rank1"]
+    post_rank1 = metrics["anonymised, post-trained attacker"]["rank1"]
+    details = {
+        "dataset": config.data.name, "frames": list(train["frames"].shape[1:]),
+        "train_samples": int(len(train["frames"])), "identities": num_identities, "target_classes": num_targets,
+        "stages": infos, "devices": jax.device_count(),
+        "post_attacker_rank1_reduction": (raw_rank1 - post_rank1) / raw_rank1 if raw_rank1 else None,
+    }
+    curves = {name: values["standard"]["cmc"] for name, values in evaluated.items()}
+    return report_lib.write_report(workdir, title="AnonyNoise: learned noise against re-identification",
+                                   metrics=metrics, details=details, cmc_curves=curves, figures=("examples.png",))
