@@ -94,16 +94,16 @@ def get_config(arg=None):
     # (no ImageNet weights here), so that every stage fits 2 cores.
     config.anonymizer.features = (16, 32, 64, 32, 16)  # a quarter of the published widths
     config.model.depth = 18  # ResNet-18 target and ReId networks
-    config.model.width = 16  # first-stage channels
+    config.model.width = 32  # first-stage channels
     config.model.embed_dim = 128  # ReId feature size
     config.denoiser.features = 32  # a quarter of the published width
     config.denoiser.num_layers = 6  # a shallower denoiser
-    config.pretrain.num_epochs = 12  # passes over the training samples
+    config.pretrain.num_epochs = 40  # passes over the training samples
     config.pretrain.optimizer = adam(1e-3)  # from scratch: 10x the published fine-tuning rate
-    config.pipeline.num_epochs = 12  # passes over the training samples
-    config.pipeline.target_optimizer.boundaries_epochs = (4, 8)  # halved at 1/3 and 2/3, as 100 and 200 of 300
-    config.pipeline.reid_optimizer.boundaries_epochs = (4, 8)  # as the target network's
-    config.post.num_epochs = 8  # passes over the training samples
+    config.pipeline.num_epochs = 30  # passes over the training samples
+    config.pipeline.target_optimizer.boundaries_epochs = (10, 20)  # halved at 1/3 and 2/3, as 100 and 200 of 300
+    config.pipeline.reid_optimizer.boundaries_epochs = (10, 20)  # as the target network's
+    config.post.num_epochs = 30  # passes over the training samples
     config.post.optimizer = adam(1e-3)  # as pretraining
     if variant == "smoke":
         anonynoise_data.smoke_overrides(config.data)
