@@ -199,7 +199,10 @@ def _sample_background(rng, height, width):
 
 def sample_recording_nuisance(seed: int, identity: int, camera: int) -> dict:
     """Small per-recording randomness: gait phase, speed, position, scale and clothing jitter."""
-    rng = np.random.default_rng([seed, 2, identity, camera])
+    return _placement_nuisance(np.random.default_rng([seed, 2, identity, camera]))
+
+
+def _placement_nuisance(rng) -> dict:
     u = rng.uniform
     return dict(
         phase=u(0.0, 2 * math.pi),
@@ -215,17 +218,10 @@ def sample_action_nuisance(seed: int, identity: int, camera: int, action: str, l
     """Per-recording randomness of an action recording: the walking nuisances plus the action's tempo and
     amplitude, which depend on the recording only, never on the identity."""
     rng = np.random.default_rng([seed, 3, identity, camera, ACTIONS.index(action), list(LIGHTING).index(lighting)])
-    u = rng.uniform
-    return dict(
-        phase=u(0.0, 2 * math.pi),
-        speed=u(0.92, 1.08),
-        drift=u(0.85, 1.15),
-        scale=u(0.97, 1.03),
-        x_offset=u(-0.06, 0.06),
-        brightness=u(-0.04, 0.04),
-        tempo=u(0.88, 1.12),  # frequency multiplier of the action's motion
-        amplitude=u(0.85, 1.1),  # of the action's joint excursions
-    )
+    placement = _placement_nuisance(rng)
+    return dict(placement,
+                tempo=rng.uniform(0.88, 1.12),  # frequency multiplier of the action's motion
+                amplitude=rng.uniform(0.85, 1.1))  # of the action's joint excursions
 
 
 def _segment_coverage(px, py, start, end, radius_start, radius_end, edge_px):

@@ -12,26 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anon_jax.events.stream import EventFormatError, find_invalid_event
+from anon_jax.events.stream import EventFormatError, check_positive_sizes, find_invalid_event, host_columns
 
 # Relative times travel to the device as int32 (JAX's default integer width).
 _MAX_RELATIVE_TIME = np.iinfo(np.int32).max
-
-
-def _check_frame_shape(num_time_bins, height, width) -> None:
-    for name, value in (("num_time_bins", num_time_bins), ("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise EventFormatError(f"event frames: {name} must be a positive integer, got {value!r}.")
-
-
-def _host_columns(*columns) -> list[np.ndarray]:
-    """NumPy views of equal-length 1-D event columns."""
-    columns = [np.asarray(values) for values in columns]
-    if any(values.ndim != 1 for values in columns) or len({len(values) for values in columns}) != 1:
-        raise EventFormatError(
-            f"event frames: event columns x, y, t, p (and mask) must be 1-D of equal length, got shapes "
-            f"{[values.shape for values in columns]}; use jax.vmap for batches.")
-    return columns
 
 
 def _check_host_events(x, y, t, p, height: int, width: int, where: str) -> None:
@@ -66,8 +50,8 @@ def event_frames_numpy(x, y, t, p, *, num_time_bins: int, height: int, width: in
     returns zeros) and window == 0, i.e. span t[-1] - t[0] < n, which includes equal timestamps (every
     slice is empty). Unlike tonic's int16 frames, counts above 32767 per pixel and bin do not wrap.
     """
-    _check_frame_shape(num_time_bins, height, width)
-    x, y, t, p = _host_columns(x, y, t, p)
+    check_positive_sizes("event frames", num_time_bins=num_time_bins, height=height, width=width)
+    x, y, t, p = host_columns("event frames", x, y, t, p)
     _check_host_events(x, y, t, p, height, width, "event_frames_numpy")
     t = _as_time_column(t)
     counts = np.zeros((num_time_bins, 2, height, width), np.int64)
@@ -139,11 +123,11 @@ def event_frames(x, y, t, p, *, num_time_bins: int, height: int, width: int, mas
     safest: an outer `jax.jit` would truncate int64 host times to int32); float times are refused there, as
     float32 would misbin them. Masked, off-grid or non-0/1-polarity events are then ignored.
     """
-    _check_frame_shape(num_time_bins, height, width)
+    check_positive_sizes("event frames", num_time_bins=num_time_bins, height=height, width=width)
     if not isinstance(t, jax.Array):
         t = np.asarray(t)
         valid = np.ones(t.shape, bool) if mask is None else np.asarray(mask, bool)
-        x, y, t, p, valid = _host_columns(x, y, t, p, valid)
+        x, y, t, p, valid = host_columns("event frames", x, y, t, p, valid)
         _check_host_events(x[valid], y[valid], t[valid], p[valid], height, width, "event_frames")
         t = _relative_integer_times(t, valid)
         # Masked entries may hold anything; zero them so the int32 transfer cannot overflow.

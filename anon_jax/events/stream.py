@@ -197,3 +197,20 @@ def pad_events(stream: EventStream, capacity: int) -> dict[str, np.ndarray]:
         "p": np.pad(stream.p, (0, padding)),
         "mask": np.arange(capacity) < n,
     }
+
+
+def check_positive_sizes(what: str, **sizes) -> None:
+    """EventFormatError naming `what` and the first of `sizes` (name=value) that is not a positive integer."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise EventFormatError(f"{what}: {name} must be a positive integer, got {value!r}.")
+
+
+def host_columns(what: str, *columns) -> list[np.ndarray]:
+    """NumPy views of equal-length 1-D event columns; EventFormatError naming `what` otherwise."""
+    columns = [np.asarray(values) for values in columns]
+    if any(values.ndim != 1 for values in columns) or len({len(values) for values in columns}) != 1:
+        raise EventFormatError(
+            f"{what}: event columns x, y, t, p (and mask) must be 1-D of equal length, got shapes "
+            f"{[values.shape for values in columns]}; use jax.vmap for batches.")
+    return columns

@@ -13,23 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anon_jax.events.stream import EventFormatError, EventStream
-
-
-def _check_grid_shape(num_bins, height, width) -> None:
-    for name, value in (("num_bins", num_bins), ("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise EventFormatError(f"voxel grid: {name} must be a positive integer, got {value!r}.")
-
-
-def _host_columns(*columns) -> list[np.ndarray]:
-    """NumPy views of equal-length 1-D event columns."""
-    columns = [np.asarray(values) for values in columns]
-    if any(values.ndim != 1 for values in columns) or len({len(values) for values in columns}) != 1:
-        raise EventFormatError(
-            f"voxel grid: event columns (and mask) must be 1-D of equal length, got shapes "
-            f"{[values.shape for values in columns]}; use jax.vmap for batches.")
-    return columns
+from anon_jax.events.stream import EventFormatError, EventStream, check_positive_sizes, host_columns
 
 
 def _check_host_events(xs: np.ndarray, ys: np.ndarray, ts: np.ndarray, height: int, width: int) -> None:
@@ -59,8 +43,8 @@ def _relative_times(ts: np.ndarray) -> np.ndarray:
 
 def voxel_grid_numpy(xs, ys, ts, ps, *, num_bins: int, height: int, width: int) -> np.ndarray:
     """Float64 reference voxel grid (num_bins, height, width) of time-sorted events, by `np.add.at`."""
-    _check_grid_shape(num_bins, height, width)
-    xs, ys, ts, ps = _host_columns(xs, ys, ts, ps)
+    check_positive_sizes("voxel grid", num_bins=num_bins, height=height, width=width)
+    xs, ys, ts, ps = host_columns("voxel grid", xs, ys, ts, ps)
     xs, ys = xs.astype(np.int64), ys.astype(np.int64)
     _check_host_events(xs, ys, ts, height, width)
     relative = _relative_times(ts)
@@ -129,11 +113,11 @@ def voxel_grid(xs, ys, ts, ps, *, num_bins: int, height: int, width: int, mask=N
     should hold relative times (as `pad_events` gives); masked or off-grid events are ignored, and no valid
     events give a zero grid.
     """
-    _check_grid_shape(num_bins, height, width)
+    check_positive_sizes("voxel grid", num_bins=num_bins, height=height, width=width)
     if not isinstance(ts, jax.Array):
         ts = np.asarray(ts)
         valid = np.ones(ts.shape, bool) if mask is None else np.asarray(mask, bool)
-        xs, ys, ts, ps, valid = _host_columns(xs, ys, ts, ps, valid)
+        xs, ys, ts, ps, valid = host_columns("voxel grid", xs, ys, ts, ps, valid)
         _check_host_events(xs[valid], ys[valid], ts[valid], height, width)
         first = np.flatnonzero(valid)[0]
         ts = _relative_times(ts[first:])
