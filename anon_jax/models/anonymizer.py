@@ -100,9 +100,11 @@ def torch_default_bias_init(fan_in: int):
 PATCH_CONV_MAX_IN_FEATURES = 16
 
 
-def _conv(features: int, in_features: int, *, pad: int = 1, dtype: Any, name: str) -> nn.Conv:
-    """A stride-1 3x3 conv with PyTorch's default init and symmetric zero padding `pad`, computing in `dtype`."""
-    return nn.Conv(features, (3, 3), padding=((pad, pad), (pad, pad)), kernel_init=torch_default_kernel_init,
+def torch_conv3x3(features: int, in_features: int, *, pad: int = 1, kernel_init=torch_default_kernel_init,
+                  dtype: Any, name: str) -> nn.Conv:
+    """A stride-1 3x3 conv with bias, PyTorch's default init and symmetric zero padding `pad`, computing in `dtype`;
+    narrow inputs run as patch products."""
+    return nn.Conv(features, (3, 3), padding=((pad, pad), (pad, pad)), kernel_init=kernel_init,
                    bias_init=torch_default_bias_init(in_features * 9), dtype=dtype, name=name,
                    conv_general_dilated=patch_conv if in_features <= PATCH_CONV_MAX_IN_FEATURES else None)
 
@@ -132,13 +134,13 @@ class PublishedAnonymizer(nn.Module):
             raise AnonymizerInputError(
                 f"PublishedAnonymizer needs height and width >= 3 (two 2x2 stride-1 max-pools), got "
                 f"{voxels.shape[1]}x{voxels.shape[2]}.")
-        x = nn.relu(_conv(64, self.num_bins, dtype=self.dtype, name="encoder_conv1")(voxels))
+        x = nn.relu(torch_conv3x3(64, self.num_bins, dtype=self.dtype, name="encoder_conv1")(voxels))
         x = max_pool_2x2_stride1(x)
-        x = nn.relu(_conv(16, 64, dtype=self.dtype, name="encoder_conv2")(x))
+        x = nn.relu(torch_conv3x3(16, 64, dtype=self.dtype, name="encoder_conv2")(x))
         x = max_pool_2x2_stride1(x)
         # The original's Upsample(scale_factor=1) layers are identities and hold no parameters.
-        x = nn.relu(_conv(64, 16, dtype=self.dtype, name="decoder_conv1")(x))
-        x = _conv(self.num_bins, 64, pad=2, dtype=self.dtype, name="decoder_conv2")(x)
+        x = nn.relu(torch_conv3x3(64, 16, dtype=self.dtype, name="decoder_conv1")(x))
+        x = torch_conv3x3(self.num_bins, 64, pad=2, dtype=self.dtype, name="decoder_conv2")(x)
         return nn.sigmoid(x.astype(jnp.float32))
 
 
@@ -150,8 +152,8 @@ class ConvPair(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(_conv(self.features, x.shape[-1], dtype=self.dtype, name="conv1")(x))
-        return nn.relu(_conv(self.features, self.features, dtype=self.dtype, name="conv2")(x))
+        x = nn.relu(torch_conv3x3(self.features, x.shape[-1], dtype=self.dtype, name="conv1")(x))
+        return nn.relu(torch_conv3x3(self.features, self.features, dtype=self.dtype, name="conv2")(x))
 
 
 class ResidualUNet(nn.Module):

@@ -4,6 +4,7 @@ ClassBlock head with dropout) and the DnCNN-like denoiser of the inversion attac
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, Mapping, Sequence
@@ -16,8 +17,8 @@ import numpy as np
 
 from anon_jax.convert import torchvision_resnet
 from anon_jax.models import reid
-from anon_jax.models.anonymizer import PATCH_CONV_MAX_IN_FEATURES, torch_default_bias_init
-from anon_jax.models.layers import BatchNorm, patch_conv
+from anon_jax.models.anonymizer import torch_conv3x3
+from anon_jax.models.layers import BatchNorm
 from anon_jax.validation import is_positive_int
 
 NOISE_VARIANTS = ("scaled_noise", "mean_and_scaled_noise")
@@ -40,11 +41,8 @@ def flat_torch_default_kernel_init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, (math.prod(shape),), dtype, -bound, bound).reshape(shape)
 
 
-def _conv3x3(features: int, in_features: int, dtype: Any, name: str) -> nn.Conv:
-    """A stride-1, padding-1 3x3 conv with bias and PyTorch's default init, computing in `dtype`."""
-    return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=flat_torch_default_kernel_init,
-                   bias_init=torch_default_bias_init(in_features * 9), dtype=dtype, name=name,
-                   conv_general_dilated=patch_conv if in_features <= PATCH_CONV_MAX_IN_FEATURES else None)
+# The published layers with the kernels drawn flat (same distribution; see flat_torch_default_kernel_init).
+_conv3x3 = functools.partial(torch_conv3x3, kernel_init=flat_torch_default_kernel_init)
 
 
 def _check_frames(frames, num_channels: int, name: str) -> None:
@@ -104,10 +102,10 @@ class NoiseAnonymizer(nn.Module):
         x = jnp.concatenate([frames, noise], axis=-1).astype(self.dtype)
         in_features = 2 * self.num_channels
         for index, features in enumerate(self.features):
-            x = nn.relu(_conv3x3(features, in_features, self.dtype, f"conv{index + 1}")(x))
+            x = nn.relu(_conv3x3(features, in_features, dtype=self.dtype, name=f"conv{index + 1}")(x))
             in_features = features
         out_features = self.num_channels * (2 if self.variant == "mean_and_scaled_noise" else 1)
-        x = _conv3x3(out_features, in_features, self.dtype, "conv6")(x)
+        x = _conv3x3(out_features, in_features, dtype=self.dtype, name="conv6")(x)
         x = x.astype(jnp.float32)
         if self.variant == "scaled_noise":
             return frames + x * noise
@@ -176,11 +174,11 @@ class DenoiseNet(nn.Module):
                                          "(first and last conv).")
         _check_frames(x, self.num_channels, "DenoiseNet")
         last = self.num_layers - 1
-        x = nn.relu(_conv3x3(self.features, self.num_channels, self.dtype, "conv0")(x.astype(self.dtype)))
+        x = nn.relu(_conv3x3(self.features, self.num_channels, dtype=self.dtype, name="conv0")(x.astype(self.dtype)))
         for index in range(1, last):
-            x = _conv3x3(self.features, self.features, self.dtype, f"conv{index}")(x)
+            x = _conv3x3(self.features, self.features, dtype=self.dtype, name=f"conv{index}")(x)
             x = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"bn{index}")(x))
-        x = _conv3x3(self.num_channels, self.features, self.dtype, f"conv{last}")(x)
+        x = _conv3x3(self.num_channels, self.features, dtype=self.dtype, name=f"conv{last}")(x)
         return x.astype(jnp.float32)
 
 
