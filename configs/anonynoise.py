@@ -4,7 +4,7 @@ conditions, seen by several cameras; the target task is the action, the attacker
 Variants: default = all stages on 2 CPU cores (narrower networks than the paper, fewer epochs); `:smoke` = every
 stage on tiny data in a few minutes (tests); `:paper` = the published networks and schedules (ResNet-50 target and
 ReId networks, the 64-128-256 anonymizer, the 15-layer denoiser, 300 pipeline epochs) for an accelerator.
-Real datasets: configs/anonynoise_dvsgesture.py, configs/anonynoise_eventreidv2.py.
+Real datasets: configs/anonynoise_dvsgesture.py, configs/anonynoise_see.py, configs/anonynoise_eventreidv2.py.
 """
 
 import ml_collections
@@ -39,12 +39,18 @@ def base_config() -> ml_collections.ConfigDict:
     anon.variant = "scaled_noise"  # "scaled_noise" (released code: x + S n) or "mean_and_scaled_noise" (figure)
     anon.noise_std = 1.0  # std of the N(0, 1) noise fed to the network and multiplied by its output
     anon.features = (64, 128, 256, 128, 64)  # the five hidden widths of the six 3x3 convs
+    # Set to another AnonyNoise run's <workdir>/anonymizer folder to attack that anonymizer instead of training one
+    # (the target network and the pipeline are then skipped): EventReIDv2, which has no target task.
+    anon.pretrained_dir = ""  # "" trains the anonymizer here
 
     config.model = model = ml_collections.ConfigDict()  # target and ReId networks (ClassNet)
     model.depth = 50  # ResNet depth: 18, 34 or 50 (paper: 50, ImageNet-initialised)
     model.width = 64  # channels of the first ResNet stage
     model.embed_dim = 512  # bottleneck after the trunk (the ReId "embed" feature)
     model.dropout = 0.5  # dropout after the bottleneck
+    # The paper's trunk init: a local torchvision ResNet checkpoint (ImageNet V1, e.g. resnet50-0676ba61.pth), conv1
+    # widened by cyclic channel copy; nothing is downloaded, and reading the file needs PyTorch.
+    model.imagenet_weights = ""  # "" trains from scratch
 
     config.denoiser = den = ml_collections.ConfigDict()  # the inversion attack's DnCNN-like network
     den.features = 128  # channels of the hidden 3x3 convs
@@ -73,7 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
     post.batch_size = 32  # global batch size
     post.num_epochs = 200  # passes over the training samples
     post.optimizer = adam(1e-4)  # cosine to 0 over the epochs
-    post.init = "pipeline"  # "pipeline" (the original: continue the pipeline's ReId network) or "fresh"
+    # "pipeline" (the original: continue the pipeline's ReId network), "pretrained" (the ReId network trained on
+    # clean frames) or "fresh" (random init).
+    post.init = "pipeline"  # the attackers' starting point
     post.log_every_steps = 50  # logging interval
     post.checkpoint_every_steps = 500  # periodic checkpoint interval
 
@@ -98,9 +106,10 @@ def get_config(arg=None):
     config.model.embed_dim = 128  # ReId feature size
     config.denoiser.features = 32  # a quarter of the published width
     config.denoiser.num_layers = 6  # a shallower denoiser
-    config.pretrain.num_epochs = 40  # passes over the training samples
+    config.pretrain.num_epochs = 80  # passes over the training samples
     config.pretrain.optimizer = adam(1e-3)  # from scratch: 10x the published fine-tuning rate
     config.pipeline.num_epochs = 30  # passes over the training samples
+    config.pipeline.anonymizer_optimizer = adam(2e-3)  # 4x the published rate: 480 steps instead of ~10,000
     config.pipeline.target_optimizer.boundaries_epochs = (10, 20)  # halved at 1/3 and 2/3, as 100 and 200 of 300
     config.pipeline.reid_optimizer.boundaries_epochs = (10, 20)  # as the target network's
     config.post.num_epochs = 30  # passes over the training samples

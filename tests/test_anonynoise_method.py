@@ -8,10 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from anon_jax import losses
 from anon_jax.data import anonynoise_data
 from anon_jax.methods import anonynoise
+from anon_jax.models import anonynoise as models
 from anon_jax.training import optim, stages
 from configs import anonynoise as anonynoise_config
 from main_runs import run_main
@@ -138,6 +140,58 @@ def test_smoke_main_job_runs_every_stage_and_resumes(tmp_path):
     for stage in ("data", "pretrain_target", "pretrain_reid", "pipeline", "post_reid", "post_denoise", "evaluate"):
         assert (workdir / stage / stages.DONE_FILE).is_file(), stage
     assert (workdir / "examples.png").stat().st_size > 0
-    # A second run finds every stage finished and rewrites the same report.
+    with np.load(workdir / anonynoise.EXAMPLES_FILE) as examples, np.load(workdir / "data" / "query.npz") as query:
+        assert examples.files == ["raw", "anonymised", "denoised"]  # the figure's rows, top to bottom
+        np.testing.assert_array_equal(examples["raw"], query["frames"][:4])
+        assert examples["anonymised"].shape == examples["denoised"].shape == examples["raw"].shape
+        assert not np.array_equal(examples["anonymised"], examples["raw"])
+    events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"))
+    events.Reload()
+    tags = {tag for values in events.Tags().values() if isinstance(values, list) for tag in values}
+    assert {"pipeline/anonymizer_loss", "evaluation/anonymised, post-trained attacker/rank1",
+            "evaluation/raw data (pretrained networks)/target_accuracy", "evaluation/examples.png"} <= tags
+    # A second run finds every stage finished and rewrites the same report, rows in the same order.
+    table = (workdir / "report.md").read_text()
     run_main("configs/anonynoise.py:smoke", workdir)
     assert json.loads((workdir / "report.json").read_text())["metrics"] == rows
+    assert (workdir / "report.md").read_text() == table
+
+    # The exported anonymizer attacked by another run (as for EventReIDv2): no target network, no pipeline.
+    attack_dir = tmp_path / "attack"
+    run_main("configs/anonynoise.py:smoke", attack_dir, f"--config.anonymizer.pretrained_dir={workdir / 'anonymizer'}",
+             "--config.post.init=pretrained")
+    attack = json.loads((attack_dir / "report.json").read_text())
+    table = (attack_dir / "report.md").read_text()
+    names = ["raw data (pretrained networks)", "anonymised, raw-trained attacker", "anonymised, post-trained attacker",
+             "anonymised, denoiser + attacker (inversion)"]
+    assert set(attack["metrics"]) == set(names)
+    assert [table.index(f"| {name} |") for name in names] == sorted(table.index(f"| {name} |") for name in names)
+    assert "target_accuracy" not in attack["metrics"]["raw data (pretrained networks)"]
+    assert not (attack_dir / "pretrain_target").exists() and not (attack_dir / "pipeline").exists()
+    assert attack["details"]["anonymizer"] == str(workdir / "anonymizer")
+    # The same anonymizer on the same frames and noise keys: the anonymised examples are identical.
+    with np.load(workdir / anonynoise.EXAMPLES_FILE) as ours, np.load(attack_dir / anonynoise.EXAMPLES_FILE) as theirs:
+        np.testing.assert_array_equal(ours["anonymised"], theirs["anonymised"])
+
+
+def test_attacker_init_choices_and_loaded_anonymizer_checks(tmp_path):
+    config = anonynoise_config.get_config("smoke")
+    trained = {"pretrain_reid": {"params": "raw"}, "pipeline": {"reid": {"params": "adversarial"}}}
+    assert anonynoise._attacker_init(config, trained) == {"params": "adversarial"}
+    config.post.init = "pretrained"
+    assert anonynoise._attacker_init(config, trained) == {"params": "raw"}
+    config.post.init = "fresh"
+    assert anonynoise._attacker_init(config, trained) is None
+    config.post.init = "pipeline"
+    with pytest.raises(ValueError, match="use 'pretrained' or 'fresh'"):
+        anonynoise._attacker_init(config, {"pretrain_reid": {}})
+    config.post.init = "best"
+    with pytest.raises(ValueError, match="config.post.init='best'"):
+        anonynoise._attacker_init(config, trained)
+    module = models.NoiseAnonymizer(num_channels=6, features=(2, 2, 2, 2, 2))
+    params = jax.jit(module.init)({"params": jax.random.key(0), "noise": jax.random.key(1)},
+                                  jnp.zeros((1, 4, 4, 6)))["params"]
+    models.save_anonymizer(tmp_path / "anonymizer", module, params)
+    config.anonymizer.pretrained_dir = str(tmp_path / "anonymizer")
+    with pytest.raises(ValueError, match="for 6 channels, but config.data.num_time_bins=5 gives 10"):
+        anonynoise._load_anonymizer(config, jnp.float32)

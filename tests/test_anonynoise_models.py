@@ -3,6 +3,7 @@
 initialisations and the import of torchvision ResNet weights with the cyclic 10-channel stem."""
 
 import copy
+import json
 
 import jax
 import jax.numpy as jnp
@@ -450,3 +451,39 @@ def test_read_state_dict(tmp_path, torchvision_resnet18):
         torchvision_resnet.read_state_dict(tmp_path / "list.pth")
     with pytest.raises(torchvision_resnet.TorchvisionConversionError, match="no such checkpoint file"):
         torchvision_resnet.read_state_dict(tmp_path / "missing.pth")
+
+
+def test_saved_anonymizer_loads_back_and_anonymises_identically(tmp_path):
+    module = anonynoise.NoiseAnonymizer(CHANNELS, variant="mean_and_scaled_noise", noise_std=0.5,
+                                        features=(4, 8, 8, 8, 4))
+    params = jax.jit(module.init)({"params": jax.random.key(0), "noise": jax.random.key(1)},
+                                  jnp.zeros((1, 8, 8, CHANNELS)))["params"]
+    anonynoise.save_anonymizer(tmp_path / "anonymizer", module, params)
+    loaded, loaded_params = anonynoise.load_anonymizer(tmp_path / "anonymizer")
+    assert (loaded.num_channels, loaded.variant, loaded.noise_std, tuple(loaded.features)) == (
+        CHANNELS, "mean_and_scaled_noise", 0.5, (4, 8, 8, 8, 4))
+    frames = _frames((2, 12, 6, CHANNELS), seed=3)  # any frame size: the network is fully convolutional
+    rngs = {"noise": jax.random.key(2)}
+    np.testing.assert_array_equal(loaded.apply({"params": loaded_params}, frames, rngs=rngs),
+                                  module.apply({"params": params}, frames, rngs=rngs))
+
+
+def test_bad_anonymizer_directories_are_named(tmp_path):
+    module = anonynoise.NoiseAnonymizer(CHANNELS, features=(4, 8, 8, 8, 4))
+    params = jax.jit(module.init)({"params": jax.random.key(0), "noise": jax.random.key(1)},
+                                  jnp.zeros((1, 8, 8, CHANNELS)))["params"]
+    with pytest.raises(anonynoise.AnonymizerFileError, match="anonynoise_anonymizer.json is missing"):
+        anonynoise.load_anonymizer(tmp_path)
+    with pytest.raises(anonynoise.AnonymizerFileError, match="do not match the anonymizer"):
+        anonynoise.save_anonymizer(tmp_path / "wide", anonynoise.NoiseAnonymizer(CHANNELS), params)
+    anonynoise.save_anonymizer(tmp_path / "saved", module, params)
+    settings = tmp_path / "saved" / anonynoise.ANONYMIZER_FILE
+    document = json.loads(settings.read_text())
+    document["anonymizer"]["features"] = [4, 8, 8, 8, 5]  # params saved for other widths
+    settings.write_text(json.dumps(document))
+    with pytest.raises(anonynoise.AnonymizerFileError, match="do not match anonynoise_anonymizer.json"):
+        anonynoise.load_anonymizer(tmp_path / "saved")
+    document["anonymizer"]["variant"] = "louder"
+    settings.write_text(json.dumps(document))
+    with pytest.raises(anonynoise.AnonymizerFileError, match="not a valid anonymizer description"):
+        anonynoise.load_anonymizer(tmp_path / "saved")

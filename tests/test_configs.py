@@ -5,6 +5,10 @@ import re
 
 import pytest
 
+import configs.anonynoise as anonynoise
+import configs.anonynoise_dvsgesture as anonynoise_dvsgesture
+import configs.anonynoise_eventreidv2 as anonynoise_eventreidv2
+import configs.anonynoise_see as anonynoise_see
 import configs.eventreid as eventreid
 import configs.eventreid_baseline as eventreid_baseline
 
@@ -91,3 +95,29 @@ def test_event_anonymization_paper_variant_matches_the_published_settings():
     assert (opt.schedule, tuple(opt.boundaries_epochs), tuple(opt.decay_factors)) == ("piecewise_epochs", (40, 50), (0.2, 0.1))
     assert opt.backbone_lr_multiplier == 0.1 and config.joint.anonymizer_lr_multiplier == 0.1
     assert not config.joint.init_from_baseline
+
+
+@pytest.mark.parametrize("variant", [None, "smoke", "paper"])
+def test_anonynoise_variants_build(variant):
+    config = anonynoise.get_config(variant)
+    assert config.method == "anonynoise" and config.data.name == "synthetic"
+    assert config.anonymizer.pretrained_dir == "" and config.post.init == "pipeline"
+
+
+def test_anonynoise_real_dataset_configs_hold_the_published_settings():
+    dvsg, see, eventreid = anonynoise_dvsgesture.get_config(), anonynoise_see.get_config(), \
+        anonynoise_eventreidv2.get_config()
+    for config in (dvsg, see, eventreid):
+        assert (config.model.depth, config.model.width, config.model.embed_dim) == (50, 64, 512)
+        assert tuple(config.anonymizer.features) == (64, 128, 256, 128, 64)
+        assert (config.pretrain.num_epochs, config.pipeline.num_epochs, config.post.num_epochs) == (200, 300, 200)
+        assert config.pipeline.anonymizer_optimizer.learning_rate == 5e-4 and config.loss.triplet_margin == 4.0
+    augments = {name: config.data.augment for name, config in
+                (("dvsgesture", dvsg), ("see", see), ("eventreidv2", eventreid))}
+    assert {name: (a.padding, a.crop_size, a.hflip, a.max_degrees) for name, a in augments.items()} == {
+        "dvsgesture": (10, 0, False, 15.0), "see": (15, 180, True, 15.0), "eventreidv2": (25, 0, True, 15.0)}
+    assert (dvsg.data.name, see.data.name, eventreid.data.name) == ("dvsgesture", "see", "eventreidv2")
+    assert eventreid.data.size == 304 and eventreid.post.init == "pretrained"
+    for module in (anonynoise, anonynoise_dvsgesture, anonynoise_see, anonynoise_eventreidv2):
+        with pytest.raises(ValueError, match="variant"):
+            module.get_config("huge")

@@ -30,17 +30,21 @@ from absl import logging
 from clu import metrics as clu_metrics
 
 from anon_jax import losses
+from anon_jax.convert import torchvision_resnet
+from anon_jax.files import atomic_target
 from anon_jax.data import anonynoise_data, frame_augment, pipeline
 from anon_jax.metrics import reid as reid_metrics
 from anon_jax.models import anonynoise as models
 from anon_jax.training import mesh as mesh_lib
-from anon_jax.training import optim, precision
+from anon_jax.training import multihost, optim, precision
 from anon_jax.training import report as report_lib
 from anon_jax.training.checkpoint import Checkpoints
 from anon_jax.training.loop import create_writer, train_loop
 from anon_jax.training.stages import run_stage, run_training_stage
 
 EVAL_SPLITS = ("val", "query", "gallery")
+ANONYMIZER_DIR = "anonymizer"  # inside the workdir: the trained anonymizer (models.anonynoise.load_anonymizer)
+EXAMPLES_FILE = "examples.npz"  # inside the workdir: the frames drawn in examples.png
 
 
 @flax.struct.dataclass
@@ -354,53 +358,59 @@ def retrieval(query_embed, query_flip_embed, gallery_embed, gallery_flip_embed, 
     return rows
 
 
-def evaluate(config, splits: dict, networks, trained: dict, *, mesh) -> dict:
-    """Report rows: target accuracy and ReId rank-1/mAP for raw data and each attack on anonymised data."""
+def evaluate(config, splits: dict, networks, anonymizer_params, rows: dict, *, mesh) -> tuple[dict, dict]:
+    """Target accuracy and ReId retrieval of each report row, and a few example frames.
+
+    `rows` maps a row name to {"inputs": "raw" or "anonymised", "target": target network variables or None,
+    "reid": ReId network variables, "denoiser": denoiser variables or None (the inversion attack)}.
+    """
     anonymizer, target_net, reid_net, denoiser = networks
     batch_size, max_rank = config.eval.batch_size, config.eval.max_rank
     key = jax.random.key(config.seed + 7)
-    flip = {name: splits[name]["frames"][:, :, ::-1, :] for name in EVAL_SPLITS if name in splits}
-    raw = {name: splits[name]["frames"] for name in flip}
-    # Every anonymisation draws fresh noise, the flipped copies included (the original anonymises both passes).
-    anonymised, anonymised_flip = {}, {}
-    for index, name in enumerate(flip):
-        anonymised[name] = anonymise_split(anonymizer, trained["pipeline"]["anonymizer"], raw[name],
-                                           jax.random.fold_in(key, 2 * index), batch_size=batch_size, mesh=mesh)
-        anonymised_flip[name] = anonymise_split(anonymizer, trained["pipeline"]["anonymizer"], flip[name],
-                                                jax.random.fold_in(key, 2 * index + 1), batch_size=batch_size,
-                                                mesh=mesh)
+    names = [name for name in EVAL_SPLITS if name in splits]
+    raw = {name: splits[name]["frames"] for name in names}
+    flip = {name: frames[:, :, ::-1, :] for name, frames in raw.items()}
+    inputs = {"raw": (raw, flip)}
+    if any(row["inputs"] == "anonymised" for row in rows.values()):
+        # Every anonymisation draws fresh noise, the flipped copies included (the original anonymises both passes).
+        inputs["anonymised"] = tuple(
+            {name: anonymise_split(anonymizer, anonymizer_params, frames[name], jax.random.fold_in(key, 2 * index + k),
+                                   batch_size=batch_size, mesh=mesh) for index, name in enumerate(names)}
+            for k, frames in enumerate((raw, flip)))
 
-    def reid_row(net_variables, inputs, inputs_flip, **denoise):
-        embeds = {name: _predict(reid_net, net_variables, inputs[name], batch_size=batch_size, mesh=mesh,
-                                 **denoise)["embed"] for name in ("query", "gallery")}
-        flipped = {name: _predict(reid_net, net_variables, inputs_flip[name], batch_size=batch_size, mesh=mesh,
-                                  **denoise)["embed"] for name in ("query", "gallery")}
-        return retrieval(embeds["query"], flipped["query"], embeds["gallery"], flipped["gallery"],
-                         splits["query"], splits["gallery"], max_rank=max_rank)
+    def reid_scores(net_variables, denoiser_variables, frames, frames_flip):
+        denoise = {"denoiser": denoiser, "denoiser_variables": denoiser_variables} if denoiser_variables else {}
+        embeds = {name: [_predict(reid_net, net_variables, x[name], batch_size=batch_size, mesh=mesh, **denoise)[
+            "embed"] for x in (frames, frames_flip)] for name in ("query", "gallery")}
+        return retrieval(*embeds["query"], *embeds["gallery"], splits["query"], splits["gallery"], max_rank=max_rank)
 
-    def target_accuracy(net_variables, inputs):
-        if "val" not in inputs or np.all(splits["val"]["target"] < 0):
+    def target_accuracy(net_variables, frames):
+        if net_variables is None or "val" not in frames or np.all(splits["val"]["target"] < 0):
             return None
-        logits = _predict(target_net, net_variables, inputs["val"], batch_size=batch_size, mesh=mesh)["logits"]
+        logits = _predict(target_net, net_variables, frames["val"], batch_size=batch_size, mesh=mesh)["logits"]
         return float(np.mean(np.argmax(logits, -1) == splits["val"]["target"]))
 
-    denoise = {"denoiser": denoiser, "denoiser_variables": trained["post_denoise"]["denoiser"]}
-    rows = {
-        "raw data (pretrained networks)": (target_accuracy(trained["pretrain_target"], raw),
-                                           reid_row(trained["pretrain_reid"], raw, flip)),
-        "anonymised, pipeline attacker": (target_accuracy(trained["pipeline"]["target"], anonymised),
-                                          reid_row(trained["pipeline"]["reid"], anonymised, anonymised_flip)),
-        "anonymised, post-trained attacker": (None, reid_row(trained["post_reid"], anonymised, anonymised_flip)),
-        "anonymised, denoiser + attacker (inversion)": (
-            None, reid_row(trained["post_denoise"]["net"], anonymised, anonymised_flip, **denoise)),
-    }
-    examples = {"raw": raw["query"][:4], "anonymised": anonymised["query"][:4],
-                "denoised": denoiser.apply(trained["post_denoise"]["denoiser"], anonymised["query"][:4], train=False)}
-    return rows, jax.tree_util.tree_map(np.asarray, examples)
+    results = {}
+    for name, row in rows.items():
+        frames, frames_flip = inputs[row["inputs"]]
+        results[name] = {"target_accuracy": target_accuracy(row["target"], frames),
+                         **reid_scores(row["reid"], row["denoiser"], frames, frames_flip)}
+    examples = {"raw": raw["query"][:4]}
+    if "anonymised" in inputs:
+        examples["anonymised"] = inputs["anonymised"][0]["query"][:4]
+        inverted = [row["denoiser"] for row in rows.values() if row["denoiser"]]
+        if inverted:
+            examples["denoised"] = denoiser.apply(inverted[0], examples["anonymised"], train=False)
+    # A dict comprehension keeps the row order (raw, anonymised, denoised); jax.tree_util.tree_map sorts the keys.
+    return results, {name: np.asarray(frames) for name, frames in examples.items()}
 
 
-def save_example_figure(examples: dict, path: str) -> None:
-    """Raw vs anonymised vs denoised frames (event count summed over bins and polarities) of a few query samples."""
+def save_examples(examples: dict, workdir: str) -> None:
+    """examples.png: raw vs anonymised vs denoised frames (event count summed over bins and polarities) of a few
+    query samples; examples.npz: the same frames as arrays."""
+    with atomic_target(os.path.join(workdir, EXAMPLES_FILE)) as path:
+        with open(path, "wb") as f:
+            np.savez(f, **examples)
     names = list(examples)
     count = len(examples[names[0]])
     figure, axes = plt.subplots(len(names), count, figsize=(2 * count, 2.2 * len(names)), squeeze=False)
@@ -412,12 +422,50 @@ def save_example_figure(examples: dict, path: str) -> None:
             axis.set_yticks([])
             if column == 0:
                 axis.set_ylabel(name)
-    report_lib.save_figure(figure, path)
+    report_lib.save_figure(figure, os.path.join(workdir, "examples.png"))
 
 
 # ------------------------------------------------------------------------------------------------------- driver
+def imagenet_init(config, net, frames_shape):
+    """ClassNet variables with the trunk from config.model.imagenet_weights (a local torchvision ResNet .pth,
+    as AnonyNoise's ImageNet-initialised ResNet-50), or None to train from scratch."""
+    if not config.model.imagenet_weights:
+        return None
+    state_dict = torchvision_resnet.read_state_dict(config.model.imagenet_weights)
+    return models.imagenet_classnet_params(_init(net, jax.random.key(config.seed), frames_shape, train=False),
+                                           state_dict)
+
+
+def _load_anonymizer(config, dtype):
+    """The anonymizer of config.anonymizer.pretrained_dir (another run's export), checked against the frames."""
+    anonymizer, params = models.load_anonymizer(config.anonymizer.pretrained_dir, dtype=dtype)
+    channels = 2 * config.data.num_time_bins
+    if anonymizer.num_channels != channels:
+        raise ValueError(f"config.anonymizer.pretrained_dir={config.anonymizer.pretrained_dir!r} holds an anonymizer "
+                         f"for {anonymizer.num_channels} channels, but config.data.num_time_bins="
+                         f"{config.data.num_time_bins} gives {channels}: use the num_time_bins it was trained with.")
+    return anonymizer, params
+
+
+def _attacker_init(config, trained: dict):
+    """The post-trained attackers' starting ReId network (config.post.init)."""
+    choices = {"pipeline": trained.get("pipeline", {}).get("reid"), "pretrained": trained["pretrain_reid"],
+               "fresh": None}
+    if config.post.init not in choices:
+        raise ValueError(f"config.post.init={config.post.init!r}: use one of {tuple(choices)}.")
+    if config.post.init == "pipeline" and choices["pipeline"] is None:
+        raise ValueError("config.post.init='pipeline' needs the pipeline's ReId network, but the anonymizer comes "
+                         "from config.anonymizer.pretrained_dir: use 'pretrained' or 'fresh'.")
+    return choices[config.post.init]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs every stage in `workdir` (skipping finished ones) and writes the report."""
+    """Runs every stage in `workdir` (skipping finished ones) and writes the report.
+
+    With config.anonymizer.pretrained_dir set, the anonymizer of another run is loaded and frozen (the target
+    network and the pipeline are skipped): the attackers are trained against it on this dataset, as AnonyNoise does
+    for EventReIDv2, which has no target task.
+    """
     mesh = mesh_lib.make_mesh(config.mesh_shape)
     dtype = precision.compute_dtype(config.compute_dtype)
     tensorboard_dir = f"{workdir}/tensorboard"
@@ -425,35 +473,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           primary_only=True)
     splits = anonynoise_data.load_prepared(data_info)
     train = splits["train"]
-    if np.any(train["target"] < 0):
+    has_target = not np.any(train["target"] < 0)
+    loaded = bool(config.anonymizer.pretrained_dir)
+    if not (has_target or loaded):
         raise ValueError(f"config.data.name={config.data.name!r} has no target task, which the AnonyNoise pipeline "
-                         "trains against; use a dataset with one (synthetic, dvsgesture, see).")
+                         "trains against: use a dataset with one (synthetic, dvsgesture, see), or set "
+                         "config.anonymizer.pretrained_dir to an anonymizer trained on one.")
     # Classifier labels 0..K-1: a dataset's global identity map interleaves training and unseen identities (SEE).
     train = dict(train, identity=np.unique(train["identity"], return_inverse=True)[1].astype(np.int32))
-    num_targets = int(train["target"].max()) + 1
+    num_targets = int(train["target"].max()) + 1 if has_target else 1
     num_identities = int(train["identity"].max()) + 1
-    logging.info("Data: %d train samples (%d identities, %d target classes), frames %s; %s",
-                 len(train["frames"]), num_identities, num_targets, train["frames"].shape[1:],
+    logging.info("Data: %d train samples (%d identities, %s target classes), frames %s; %s",
+                 len(train["frames"]), num_identities, num_targets if has_target else "no", train["frames"].shape[1:],
                  ", ".join(f"{len(splits[name]['frames'])} {name}" for name in EVAL_SPLITS if name in splits))
     networks = build_networks(config, num_targets, num_identities, dtype)
+    if loaded:
+        anonymizer, anonymizer_params = _load_anonymizer(config, dtype)
+        networks = (anonymizer, *networks[1:])
     anonymizer, target_net, reid_net, denoiser = networks
     common = {"mesh": mesh, "seed": config.seed, "tensorboard_dir": tensorboard_dir}
-    trained = {}
+    trained, infos = {}, {}
 
     def pretrain(name, net, label_key, use_triplet):
-        (variables, _), info = run_training_stage(workdir, name, lambda stage_dir: train_classifier(
+        (trained[name], _), infos[name] = run_training_stage(workdir, name, lambda stage_dir: train_classifier(
             config, stage_dir, train, net, label_key=label_key, use_triplet=use_triplet, section=config.pretrain,
-            **common))
-        trained[name] = variables
-        return info
+            init_variables=imagenet_init(config, net, train["frames"].shape[1:]), **common))
 
-    infos = {"pretrain_target": pretrain("pretrain_target", target_net, "target", False),
-             "pretrain_reid": pretrain("pretrain_reid", reid_net, "identity", True)}
-    trained["pipeline"], infos["pipeline"] = run_training_stage(workdir, "pipeline", lambda stage_dir: train_pipeline(
-        config, stage_dir, train, networks, {"target": trained["pretrain_target"], "reid": trained["pretrain_reid"]},
-        **common))
-    attacker_init = trained["pipeline"]["reid"] if config.post.init == "pipeline" else None
-    frozen = {"anonymizer": anonymizer, "anonymizer_params": trained["pipeline"]["anonymizer"]}
+    if not loaded:
+        pretrain("pretrain_target", target_net, "target", False)
+    pretrain("pretrain_reid", reid_net, "identity", True)
+    if not loaded:
+        def pipeline_stage(stage_dir):
+            values, info = train_pipeline(config, stage_dir, train, networks, {
+                "target": trained["pretrain_target"], "reid": trained["pretrain_reid"]}, **common)
+            params = jax.device_get(values["anonymizer"])
+            multihost.primary_only("anonymizer export", lambda: models.save_anonymizer(
+                os.path.join(workdir, ANONYMIZER_DIR), anonymizer, params))
+            return values, info
+
+        trained["pipeline"], infos["pipeline"] = run_training_stage(workdir, "pipeline", pipeline_stage)
+        anonymizer_params = trained["pipeline"]["anonymizer"]
+    attacker_init = _attacker_init(config, trained)
+    frozen = {"anonymizer": anonymizer, "anonymizer_params": anonymizer_params}
     (trained["post_reid"], _), infos["post_reid"] = run_training_stage(workdir, "post_reid", lambda stage_dir: (
         train_classifier(config, stage_dir, train, reid_net, label_key="identity", use_triplet=True,
                          section=config.post, init_variables=attacker_init, **frozen, **common)))
@@ -461,17 +522,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         workdir, "post_denoise", lambda stage_dir: train_classifier(
             config, stage_dir, train, reid_net, label_key="identity", use_triplet=True, section=config.post,
             init_variables=attacker_init, denoiser=denoiser, **frozen, **common))
-    trained["post_denoise"] = {"net": net_variables, "denoiser": denoiser_variables}
+
+    rows = {"raw data (pretrained networks)": dict(inputs="raw", target=trained.get("pretrain_target"),
+                                                   reid=trained["pretrain_reid"], denoiser=None)}
+    if loaded:
+        rows["anonymised, raw-trained attacker"] = dict(inputs="anonymised", target=None,
+                                                        reid=trained["pretrain_reid"], denoiser=None)
+    else:
+        rows["anonymised, pipeline attacker"] = dict(inputs="anonymised", target=trained["pipeline"]["target"],
+                                                     reid=trained["pipeline"]["reid"], denoiser=None)
+    rows["anonymised, post-trained attacker"] = dict(inputs="anonymised", target=None, reid=trained["post_reid"],
+                                                     denoiser=None)
+    rows["anonymised, denoiser + attacker (inversion)"] = dict(inputs="anonymised", target=None, reid=net_variables,
+                                                               denoiser=denoiser_variables)
 
     def evaluate_stage(stage_dir):
-        rows, examples = evaluate(config, splits, networks, trained, mesh=mesh)
-        save_example_figure(examples, os.path.join(workdir, "examples.png"))
-        return {"rows": {name: {"target_accuracy": accuracy, **{ap: scores for ap, scores in reid.items()}}
-                         for name, (accuracy, reid) in rows.items()}}
+        results, examples = evaluate(config, splits, networks, anonymizer_params, rows, mesh=mesh)
+        multihost.primary_only("example frames", lambda: save_examples(examples, workdir))
+        return {"rows": results}
 
     evaluated = run_stage(workdir, "evaluate", evaluate_stage)["rows"]
     metrics = {}
-    for name, values in evaluated.items():
+    for name in rows:  # the stored results come back with sorted keys: keep the report's row order
+        values = evaluated[name]
         row = {key: values["standard"][key] for key in ("rank1", "rank5", "mAP")}
         row["mAP (trapezoid, original)"] = values["trapezoid"]["mAP"]
         if values["target_accuracy"] is not None:
@@ -482,10 +555,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     post_rank1 = metrics["anonymised, post-trained attacker"]["rank1"]
     details = {
         "dataset": config.data.name, "frames": list(train["frames"].shape[1:]),
-        "train_samples": int(len(train["frames"])), "identities": num_identities, "target_classes": num_targets,
-        "stages": infos, "devices": jax.device_count(),
+        "train_samples": int(len(train["frames"])), "identities": num_identities,
+        "target_classes": num_targets if has_target else None, "stages": infos, "devices": jax.device_count(),
+        "anonymizer": config.anonymizer.pretrained_dir or os.path.join(workdir, ANONYMIZER_DIR),
+        "post_attacker_init": config.post.init,
         "post_attacker_rank1_reduction": (raw_rank1 - post_rank1) / raw_rank1 if raw_rank1 else None,
     }
-    curves = {name: values["standard"]["cmc"] for name, values in evaluated.items()}
-    return report_lib.write_report(workdir, title="AnonyNoise: learned noise against re-identification",
-                                   metrics=metrics, details=details, cmc_curves=curves, figures=("examples.png",))
+    curves = {name: evaluated[name]["standard"]["cmc"] for name in rows}
+    report = report_lib.write_report(workdir, title="AnonyNoise: learned noise against re-identification",
+                                     metrics=metrics, details=details, cmc_curves=curves,
+                                     figures=("examples.png",))
+    if multihost.is_primary():
+        steps = sum(info["num_steps"] for info in infos.values())
+        report_lib.write_tensorboard(create_writer(tensorboard_dir), report, workdir, step=steps)
+    return report

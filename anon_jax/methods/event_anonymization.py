@@ -32,6 +32,7 @@ from anon_jax.models import e2vid
 from anon_jax.models import reid as reid_models
 from anon_jax.training import mesh as mesh_lib
 from anon_jax.training import multihost, optim, precision
+from anon_jax.training import report as report_lib
 from anon_jax.training.checkpoint import Checkpoints
 from anon_jax.training.loop import create_writer, train_loop
 from anon_jax.training.stages import run_stage, run_training_stage
@@ -392,7 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         reid=reid, reid_variables={"params": reid_params, "batch_stats": joint["batch_stats"]},
         baseline=baseline, attacks=attacks))
     report = privacy_report.write(workdir, evaluated, details)
-    privacy_report.write_tensorboard(create_writer(tensorboard_dir), report, workdir, step=joint_info["num_steps"])
+    report_lib.write_tensorboard(create_writer(tensorboard_dir), report, workdir, step=joint_info["num_steps"])
     return report
 
 

@@ -10,14 +10,12 @@ ground-truth images (frames when available) of the training identities, queried 
 reconstructions against a gallery of ground-truth images.
 """
 
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from matplotlib import pyplot as plt
-from PIL import Image
 
 from anon_jax.data import datasets
 from anon_jax.methods import reid_baseline
@@ -228,16 +226,3 @@ def write(workdir: str, evaluated: dict, details: dict) -> dict:
                                    metrics=metrics, details=details,
                                    cmc_curves={f"{k} (embed)": v for k, v in evaluated["cmc"].items()},
                                    figures=tuple(evaluated["figures"]))
-
-
-def write_tensorboard(writer, report: dict, workdir: str, *, step: int) -> None:
-    """The report's metrics as "evaluation/<row>/<metric>" scalars and its figures as images, at `step`."""
-    writer.write_scalars(step, {f"evaluation/{row}/{name}": value for row, values in report["metrics"].items()
-                                for name, value in values.items()})
-    images = {}
-    for name in report.get("figures", ()):
-        with Image.open(os.path.join(workdir, name)) as figure:
-            images[f"evaluation/{name}"] = np.asarray(figure.convert("RGB"))[None]
-    if images:
-        writer.write_images(step, images)
-    writer.flush()

@@ -5,8 +5,11 @@ ClassBlock head with dropout) and the DnCNN-like denoiser of the inversion attac
 from __future__ import annotations
 
 import functools
+import json
 import math
 import numbers
+import os
+import pathlib
 from typing import Any, Mapping, Sequence
 
 import flax
@@ -16,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from anon_jax.convert import torchvision_resnet
-from anon_jax.models import reid
+from anon_jax.files import atomic_directory, atomic_write_text
+from anon_jax.models import pretrained, reid
 from anon_jax.models.anonymizer import torch_conv3x3
 from anon_jax.models.layers import BatchNorm
 from anon_jax.validation import is_positive_int
@@ -25,8 +29,18 @@ NOISE_VARIANTS = ("scaled_noise", "mean_and_scaled_noise")
 ANONYMIZER_FEATURES = (64, 128, 256, 128, 64)
 
 
+ANONYMIZER_FILE = "anonynoise_anonymizer.json"
+ANONYMIZER_FORMAT = "anon_jax.anonynoise_anonymizer.v1"
+ANONYMIZER_FIELDS = ("num_channels", "variant", "noise_std", "features")
+PARAMS_DIR = "params"
+
+
 class AnonyNoiseNetworkError(ValueError):
     """An AnonyNoise network got a setting or an input it cannot work with."""
+
+
+class AnonymizerFileError(ValueError):
+    """A saved AnonyNoise anonymizer directory is missing, unreadable or inconsistent."""
 
 
 def _is_number(value) -> bool:
@@ -111,6 +125,51 @@ class NoiseAnonymizer(nn.Module):
             return frames + x * noise
         mean, scale = jnp.split(x, 2, axis=-1)
         return frames + mean + noise * scale
+
+
+def save_anonymizer(directory: str | os.PathLike, anonymizer: NoiseAnonymizer, params) -> None:
+    """Writes `directory` (atomically): the anonymizer's settings (anonynoise_anonymizer.json) and its params
+    (Orbax), so that another run (e.g. EventReIDv2's attacker, which has no target task) can load it."""
+    settings = {field: getattr(anonymizer, field) for field in ANONYMIZER_FIELDS}
+    settings["features"] = list(settings["features"])
+    mismatches = pretrained.shape_mismatches(_abstract_anonymizer_params(NoiseAnonymizer(**settings)), params)
+    if mismatches:
+        raise AnonymizerFileError(f"params do not match the anonymizer (given vs expected): {mismatches}.")
+    with atomic_directory(directory) as staging:
+        pretrained.save_tree(staging / PARAMS_DIR, params)
+        atomic_write_text(staging / ANONYMIZER_FILE, json.dumps(
+            {"format": ANONYMIZER_FORMAT, "anonymizer": settings}, indent=2, sort_keys=True) + "\n")
+
+
+def load_anonymizer(directory: str | os.PathLike, *, dtype: Any = jnp.float32) -> tuple[NoiseAnonymizer, dict]:
+    """(module computing in `dtype`, float32 params) of a save_anonymizer directory."""
+    path = pathlib.Path(directory) / ANONYMIZER_FILE
+    if not path.is_file():
+        raise AnonymizerFileError(f"{path} is missing: {directory} is not an AnonyNoise anonymizer directory (a "
+                                  "finished AnonyNoise run writes one to <workdir>/anonymizer).")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if document.get("format") != ANONYMIZER_FORMAT:
+            raise AnonymizerFileError(f"{path}: format {document.get('format')!r}, expected {ANONYMIZER_FORMAT!r}.")
+        settings = {field: document["anonymizer"][field] for field in ANONYMIZER_FIELDS}
+        anonymizer = NoiseAnonymizer(**dict(settings, features=tuple(settings["features"])), dtype=dtype)
+        abstract = _abstract_anonymizer_params(anonymizer)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError,
+            AnonyNoiseNetworkError) as error:
+        raise AnonymizerFileError(f"{path} is not a valid anonymizer description ({error!r}); write it with "
+                                  "anon_jax.models.anonynoise.save_anonymizer.") from error
+    params = pretrained.restore_saved(pathlib.Path(directory).absolute() / PARAMS_DIR, abstract,
+                                      what="anonymizer parameters", config_file=ANONYMIZER_FILE,
+                                      error_class=AnonymizerFileError)
+    return anonymizer, params
+
+
+def _abstract_anonymizer_params(anonymizer: NoiseAnonymizer):
+    """Shape/dtype structure of the anonymizer's params (fully convolutional: any frame size will do)."""
+    frames = jax.ShapeDtypeStruct((1, 8, 8, anonymizer.num_channels), jnp.float32)
+    rng = jax.random.key(0)
+    shapes = jax.eval_shape(lambda: anonymizer.init({"params": rng, "noise": rng}, jnp.zeros(frames.shape)))
+    return flax.core.unfreeze(shapes)["params"]
 
 
 class ClassNet(nn.Module):

@@ -1,14 +1,18 @@
-"""The one report writer every method uses: `report.json`, `report.md`, `metrics.json` and PNG figures."""
+"""The one report writer every method uses: `report.json`, `report.md`, `metrics.json`, PNG figures and the final
+metrics in TensorBoard."""
 
 from __future__ import annotations
 
 import json
 import os
 
+import numpy as np
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display is needed or wanted
 from matplotlib import pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from anon_jax.files import atomic_target, atomic_write_text
 from anon_jax.training import multihost
@@ -72,3 +76,16 @@ def write_report(workdir: str, *, title: str, metrics: dict[str, dict[str, float
         markdown += "\n## Figures\n\n" + "\n".join(f"![{name}]({name})" for name in figures) + "\n"
     atomic_write_text(os.path.join(workdir, "report.md"), markdown)
     return report
+
+
+def write_tensorboard(writer, report: dict, workdir: str, *, step: int) -> None:
+    """The report's metrics as "evaluation/<row>/<metric>" scalars and its figures as images, at `step`."""
+    writer.write_scalars(step, {f"evaluation/{row}/{name}": value for row, values in report["metrics"].items()
+                                for name, value in values.items()})
+    images = {}
+    for name in report.get("figures", ()):
+        with Image.open(os.path.join(workdir, name)) as figure:
+            images[f"evaluation/{name}"] = np.asarray(figure.convert("RGB"))[None]
+    if images:
+        writer.write_images(step, images)
+    writer.flush()
