@@ -14,9 +14,11 @@ from flax import traverse_util
 from torch import nn as tnn
 
 from anon_jax.convert import torchvision_resnet
+from anon_jax.methods import anonynoise as anonynoise_method
 from anon_jax.models import anonynoise, reid
 from benchmarks.torch_models import (TORCH_STAGE_BLOCKS, TorchResNet, load_flax_variables, to_nchw, to_nhwc,
                                       torch_to_flax_array)
+from configs import anonynoise as anonynoise_config
 
 CHANNELS = 10
 
@@ -487,3 +489,18 @@ def test_bad_anonymizer_directories_are_named(tmp_path):
     settings.write_text(json.dumps(document))
     with pytest.raises(anonynoise.AnonymizerFileError, match="not a valid anonymizer description"):
         anonynoise.load_anonymizer(tmp_path / "saved")
+
+
+def test_method_takes_the_trunk_from_config_model_imagenet_weights(tmp_path, torchvision_resnet18):
+    torch.save(torchvision_resnet18.state_dict(), tmp_path / "resnet18.pth")
+    config = anonynoise_config.get_config("smoke")
+    config.model.depth, config.model.width = 18, 8
+    net = anonynoise.ClassNet(7, depth=18, width=8, embed_dim=16)
+    assert anonynoise_method.imagenet_init(config, net, (32, 16, CHANNELS)) is None  # "" trains from scratch
+    config.model.imagenet_weights = str(tmp_path / "resnet18.pth")
+    variables = anonynoise_method.imagenet_init(config, net, (32, 16, CHANNELS))
+    rgb = torchvision_resnet18.conv1.weight.detach().numpy()
+    kernel = np.asarray(variables["params"]["backbone"]["conv1"]["kernel"])
+    np.testing.assert_array_equal(kernel[:, :, 4, :], rgb[:, 1].transpose(1, 2, 0))  # channel 4 copies G
+    np.testing.assert_array_equal(variables["batch_stats"]["backbone"]["bn1"]["mean"],
+                                  torchvision_resnet18.bn1.running_mean.numpy())

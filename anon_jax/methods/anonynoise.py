@@ -160,7 +160,7 @@ def _fit(name: str, stage_dir: str, state, train_step, train: dict, section, *, 
     """Runs `train_step` over shuffled batches of `train` for section.num_epochs (resumable); returns the state."""
     mesh_lib.check_batch_size(section.batch_size, mesh)
     sampler = _sampler(train, section.batch_size, seed)
-    num_steps = section.num_epochs * len(sampler(epoch=0))
+    num_steps = section.num_epochs * len(sampler(epoch=0))  # the sampler drops the last partial batch
     checkpoints = Checkpoints(f"{stage_dir}/checkpoints", max_to_keep=2, save_every_steps=section.checkpoint_every_steps)
     state = checkpoints.restore_or(mesh_lib.replicate(state, mesh))
     arrays = {key: train[key] for key in ("frames", "target", "identity")}
@@ -175,8 +175,10 @@ def _fit(name: str, stage_dir: str, state, train_step, train: dict, section, *, 
     return state, num_steps
 
 
-def _steps_per_epoch(train: dict, batch_size: int) -> int:
-    return len(train["frames"]) // batch_size
+def _schedule_steps(train: dict, section) -> dict:
+    """The optimizer schedules' step counts for `section` (as many as _fit takes)."""
+    steps_per_epoch = len(train["frames"]) // section.batch_size
+    return {"num_steps": section.num_epochs * steps_per_epoch, "steps_per_epoch": steps_per_epoch}
 
 
 def train_classifier(config, stage_dir: str, train: dict, net, *, label_key: str, use_triplet: bool, section,
@@ -184,8 +186,7 @@ def train_classifier(config, stage_dir: str, train: dict, net, *, label_key: str
                      tensorboard_dir: str):
     """Trains `net` (from `init_variables` or fresh) and, with `denoiser`, the denoiser with it; returns
     ((net variables, denoiser variables or None), info)."""
-    tx, _ = optim.make_optimizer(section.optimizer, num_steps=section.num_epochs * _steps_per_epoch(
-        train, section.batch_size), steps_per_epoch=_steps_per_epoch(train, section.batch_size))
+    tx, _ = optim.make_optimizer(section.optimizer, **_schedule_steps(train, section))
     rng = jax.random.key(seed)
     frames_shape = train["frames"].shape[1:]
     net_variables = init_variables or _init(net, rng, frames_shape, train=False)
@@ -286,10 +287,7 @@ def train_pipeline(config, stage_dir: str, train: dict, networks, pretrained: di
     """Adversarial training from the pretrained target and ReId networks and a fresh anonymizer."""
     anonymizer, target_net, reid_net, _ = networks
     section = config.pipeline
-    steps_per_epoch = _steps_per_epoch(train, section.batch_size)
-    num_steps = section.num_epochs * steps_per_epoch
-    txs = {name: optim.make_optimizer(section[f"{name}_optimizer"], num_steps=num_steps,
-                                      steps_per_epoch=steps_per_epoch)[0]
+    txs = {name: optim.make_optimizer(section[f"{name}_optimizer"], **_schedule_steps(train, section))[0]
            for name in ("anonymizer", "target", "reid")}
     rng = jax.random.key(seed)
     anonymizer_variables = _init(anonymizer, rng, train["frames"].shape[1:])
