@@ -3,7 +3,6 @@ checked against an independent tonic ToFrame rule and PyTorch's resizes (what to
 
 import collections
 import json
-import pathlib
 import shutil
 
 import numpy as np
@@ -13,8 +12,8 @@ from PIL import Image
 
 from anon_jax.data import anonynoise_datasets as ad
 from anon_jax.data.event_reid import OFFICIAL_TEST_IDS
-
-TONIC_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("p", bool), ("t", np.int64)])
+from anonynoise_fixtures import (random_events, reid_events, sequence_name, write_chunk, write_dvsg,
+                                 write_query_list, write_sequence)
 
 
 def tonic_frames(x, y, t, p, n, height, width):
@@ -27,14 +26,6 @@ def tonic_frames(x, y, t, p, n, height, width):
         for i in range(start, stop):
             frames[k, int(p[i]), y[i], x[i]] += 1
     return frames.transpose(2, 3, 0, 1).reshape(height, width, 2 * n)
-
-
-def random_events(rng, count, *, size=128, t0=0, span=6000):
-    x = rng.integers(0, size, count)
-    y = rng.integers(0, size, count)
-    p = rng.integers(0, 2, count)
-    t = np.sort(rng.integers(t0, t0 + span, count))
-    return x, y, t, p
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,21 +101,6 @@ def test_protocol_errors_name_file_and_line(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # DVS-Gesture
-
-
-def write_dvsg(path: pathlib.Path, x, y, t, p, *, structured=True):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if structured:
-        events = np.zeros(len(x), TONIC_DTYPE)
-        events["x"], events["y"], events["p"], events["t"] = x, y, p, t
-    else:
-        events = np.stack([x, y, p, t], axis=1).astype(np.float64)
-    np.save(path, events)
-
-
-def write_query_list(path: pathlib.Path, relpaths):
-    lines = [f"{relpath.split('/')[1].split('_')[0]} {pick} /{relpath}" for pick, relpath in enumerate(relpaths)]
-    path.write_text("\n".join(lines))
 
 
 def test_load_dvsgesture_fixture(tmp_path):
@@ -247,13 +223,6 @@ def test_dvsgesture_errors(tmp_path, case, message):
 # SEE
 
 
-def write_sequence(folder: pathlib.Path, images, *, suffix=".png", names=None):
-    folder.mkdir(parents=True, exist_ok=True)
-    names = names or [f"{index:05d}{suffix}" for index in range(len(images))]
-    for name, image in zip(names, images):
-        Image.fromarray(image).save(folder / name)
-
-
 def see_expected(images, n):
     """Independent SEE rule: first floor(T/n)*n frames, (== 255) -> channel 2k, (== 0) -> channel 2k+1."""
     used = np.stack(images[: len(images) // n * n]).astype(np.int64)
@@ -263,10 +232,6 @@ def see_expected(images, n):
         chunk = used[k * per_bin:(k + 1) * per_bin]
         channels += [(chunk == 255).sum(0), (chunk == 0).sum(0)]
     return np.stack(channels, axis=-1).astype(np.float32)
-
-
-def sequence_name(seq, user, emotion, take=1):
-    return f"{seq}_{user}_man_20_Master_normal_{emotion}_50_take{take:03d}"
 
 
 def test_load_see_fixture(tmp_path):
@@ -386,20 +351,6 @@ def test_see_errors(tmp_path, case, message):
 
 # ----------------------------------------------------------------------------------------------
 # EventReIDv2
-
-
-def write_chunk(path: pathlib.Path, t, x, y, p):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{ti!r} {xi} {yi} {pi}\n" for ti, xi, yi, pi in zip(t.tolist(), x, y, p)))
-
-
-def reid_events(rng, count, *, x0=300, y0=200, width=11, height=16):
-    """Events whose bounding box is exactly width x height, with Event-ReId's ~4.1e8 fractional timestamps."""
-    x = rng.integers(x0, x0 + width, count)
-    y = rng.integers(y0, y0 + height, count)
-    x[:2], y[:2] = [x0, x0 + width - 1], [y0, y0 + height - 1]
-    t = np.sort(410629076.0 + rng.random(count) * 33.3)
-    return t, x, y, rng.integers(0, 2, count)
 
 
 def reid_expected(t, x, y, p, n, size, mode):

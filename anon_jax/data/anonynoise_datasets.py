@@ -2,6 +2,7 @@
 
 Each loader returns issue 7's common format: splits of "frames" float32 (N, H, W, 2n) raw event counts
 (channel 2*time_bin + polarity) with int32 "target", "identity", "condition", "file_id", plus a JSON-able "info".
+The plan_* functions give the same splits as labels and a frame reader, to read one example at a time.
 """
 
 from __future__ import annotations
@@ -155,16 +156,50 @@ def _label_map(values: Iterable[str]) -> dict[str, int]:
     return {value: index for index, value in enumerate(sorted(set(values)))}
 
 
-def _split(frames: Sequence[np.ndarray], frame_shape: tuple[int, ...], target, identity, condition,
-           file_id) -> dict[str, np.ndarray]:
-    return {
-        "frames": np.stack(frames).astype(np.float32, copy=False) if len(frames)
-        else np.zeros((0, *frame_shape), np.float32),
-        "target": np.asarray(target, np.int32).reshape(-1),
-        "identity": np.asarray(identity, np.int32).reshape(-1),
-        "condition": np.asarray(condition, np.int32).reshape(-1),
-        "file_id": np.asarray(file_id, np.int32).reshape(-1),
-    }
+class PlannedExample(NamedTuple):
+    """One example of a split before its frames are read: its source (path under the dataset root) and labels."""
+
+    source: str
+    target: int
+    identity: int
+    condition: int
+    file_id: int
+
+
+LABELS = PlannedExample._fields[1:]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetPlan:
+    """A dataset's splits with every label known and no frames read, so that examples can be read one at a time.
+
+    `read_frames(source)` gives a source's float32 (H, W, 2n) frames, the same in every split that lists it;
+    `frame_shape` is that (H, W, 2n) and `info` the loader's JSON-able "info".
+    """
+
+    splits: dict[str, tuple[PlannedExample, ...]]
+    read_frames: Callable[[str], np.ndarray]
+    frame_shape: tuple[int, int, int]
+    info: dict
+
+
+def load_plan(plan: DatasetPlan) -> dict:
+    """Every split of a plan in memory as issue 7's arrays, plus "info"; a source in several splits is read once."""
+    frames = {}
+    for examples in plan.splits.values():
+        for example in examples:
+            if example.source not in frames:
+                frames[example.source] = plan.read_frames(example.source)
+    loaded = {}
+    for name, examples in plan.splits.items():
+        loaded[name] = {
+            "frames": np.stack([frames[example.source] for example in examples]).astype(np.float32, copy=False)
+            if examples else np.zeros((0, *plan.frame_shape), np.float32),
+            **{label: np.asarray([getattr(example, label) for example in examples], np.int32).reshape(-1)
+               for label in LABELS},
+        }
+    loaded["info"] = plan.info
+    return loaded
 
 
 def _visible_entries(directory: pathlib.Path) -> list[pathlib.Path]:
@@ -247,6 +282,12 @@ def load_dvsgesture(root: str | os.PathLike, protocol_dir: str | os.PathLike, *,
     Frames are 128x128 with timestamps binned in ms as stored (AnonyNoise does not rescale them).
     target = condition = gesture class (file name), identity = user (sorted over both folders).
     """
+    return load_plan(plan_dvsgesture(root, protocol_dir, num_time_bins=num_time_bins))
+
+
+def plan_dvsgesture(root: str | os.PathLike, protocol_dir: str | os.PathLike, *,
+                    num_time_bins: int = 5) -> DatasetPlan:
+    """load_dvsgesture's splits before any events are read."""
     root = pathlib.Path(root)
     list_path = pathlib.Path(protocol_dir) / DVSG_QUERY_FILE
     query = read_dvsg_query_subset(list_path)
@@ -259,28 +300,26 @@ def load_dvsgesture(root: str | os.PathLike, protocol_dir: str | os.PathLike, *,
     file_ids = {relpath: index for index, relpath in enumerate(sources)}
     identities = _label_map(user for split_files in files.values() for _, user, _ in split_files)
     shape = (DVSG_SENSOR_SIZE, DVSG_SENSOR_SIZE, 2 * num_time_bins)
+    examples = {folder: tuple(PlannedExample(relpath, gesture, identities[user], gesture, file_ids[relpath])
+                              for relpath, user, gesture in folder_files)
+                for folder, folder_files in files.items()}
+    in_query = set(query.entries)
+    splits = {"train": examples["train"], "val": examples["test"],
+              "query": tuple(example for example in examples["test"] if example.source in in_query),
+              "gallery": tuple(example for example in examples["test"] if example.source not in in_query)}
 
-    def split_of(entries):
-        frames = []
-        for relpath, _, _ in entries:
-            x, y, t, p = _read_dvsg_events(root / relpath)
-            frames.append(event_frames_numpy(x, y, t, p, num_time_bins=num_time_bins,
-                                             height=DVSG_SENSOR_SIZE, width=DVSG_SENSOR_SIZE))
-        gestures = [gesture for _, _, gesture in entries]
-        return _split(frames, shape, gestures, [identities[user] for _, user, _ in entries], gestures,
-                      [file_ids[relpath] for relpath, _, _ in entries])
+    def read_frames(relpath: str) -> np.ndarray:
+        x, y, t, p = _read_dvsg_events(root / relpath)
+        return event_frames_numpy(x, y, t, p, num_time_bins=num_time_bins, height=DVSG_SENSOR_SIZE,
+                                  width=DVSG_SENSOR_SIZE)
 
-    splits = {"train": split_of(files["train"]), "val": split_of(files["test"])}
-    in_query = np.isin(test_paths, list(query.entries))
-    for name, keep in (("query", in_query), ("gallery", ~in_query)):
-        splits[name] = {key: values[keep] for key, values in splits["val"].items()}
     classes = {name: index for index, name in enumerate(DVSG_CLASSES)}
-    splits["info"] = {
+    info = {
         "dataset": "dvsgesture", "num_time_bins": num_time_bins, "frame_size": list(shape[:2]),
         "label_maps": {"identity": identities, "target": classes, "condition": classes},
         "sources": sources, "query_list": str(list_path), "query_duplicates": query.duplicates,
     }
-    return splits
+    return DatasetPlan(splits, read_frames, shape, info)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,6 +371,16 @@ def load_see(root: str | os.PathLike, protocol_dir: str | os.PathLike, *, num_ti
     os.listdir order. Images are decoded as grayscale. target = condition = emotion, identity = user_id
     (both sorted over all splits); file_id numbers the sequences, so query and gallery share it with val.
     """
+    return load_plan(plan_see(root, protocol_dir, num_time_bins=num_time_bins))
+
+
+def _see_source(sequence: SeeSequence) -> str:
+    return f"event/{sequence.target_id}/{sequence.filename}"
+
+
+def plan_see(root: str | os.PathLike, protocol_dir: str | os.PathLike, *, num_time_bins: int = 5) -> DatasetPlan:
+    """load_see's splits: checks that every sequence folder exists and reads the first sequence listed, whose
+    frame size all others must have."""
     root = pathlib.Path(root)
     metadata_path = pathlib.Path(protocol_dir) / SEE_METADATA_FILE
     metadata = read_see_metadata(metadata_path)
@@ -342,42 +391,39 @@ def load_see(root: str | os.PathLike, protocol_dir: str | os.PathLike, *, num_ti
     everything = [sequence for sequences in metadata.values() for sequence in sequences]
     identities = _label_map(sequence.user_id for sequence in everything)
     emotions = _label_map(sequence.target_id for sequence in everything)
-    sources = sorted({f"event/{sequence.target_id}/{sequence.filename}" for sequence in everything})
+    sources = sorted({_see_source(sequence) for sequence in everything})
     file_ids = {relpath: index for index, relpath in enumerate(sources)}
-    cache: dict[str, np.ndarray] = {}
-
-    def frames_of(split: str, relpath: str) -> np.ndarray:
-        if relpath not in cache:
-            folder = root / relpath
+    splits = {}
+    for split, sequences in metadata.items():
+        for sequence in sequences:
+            folder = root / _see_source(sequence)
             if not folder.is_dir():
                 present = sorted(entry.name for entry in event_dir.iterdir() if entry.is_dir())
                 raise AnonyNoiseDatasetError(
                     f"{folder}: sequence folder of {metadata_path.name} split {split!r} not found "
                     f"(emotion folders present: {present}).")
-            cache[relpath] = _see_sequence_frames(folder, num_time_bins)
-            first = next(iter(cache.values()))
-            if cache[relpath].shape != first.shape:
-                raise AnonyNoiseDatasetError(
-                    f"{folder}: frames of {cache[relpath].shape[1]}x{cache[relpath].shape[0]} px differ from "
-                    f"the {first.shape[1]}x{first.shape[0]} px of the first sequence read; all must match.")
-        return cache[relpath]
+        splits[split] = tuple(
+            PlannedExample(_see_source(sequence), emotions[sequence.target_id], identities[sequence.user_id],
+                           emotions[sequence.target_id], file_ids[_see_source(sequence)])
+            for sequence in sequences)
+    first = _see_source(everything[0]) if everything else None
+    shape = _see_sequence_frames(root / first, num_time_bins).shape if first else (0, 0, 2 * num_time_bins)
 
-    splits = {}
-    for split, sequences in metadata.items():
-        relpaths = [f"event/{sequence.target_id}/{sequence.filename}" for sequence in sequences]
-        frames = [frames_of(split, relpath) for relpath in relpaths]
-        shape = next(iter(cache.values())).shape if cache else (0, 0, 2 * num_time_bins)
-        targets = [emotions[sequence.target_id] for sequence in sequences]
-        splits[split] = _split(frames, shape, targets, [identities[sequence.user_id] for sequence in sequences],
-                               targets, [file_ids[relpath] for relpath in relpaths])
-    shape = next(iter(cache.values())).shape if cache else (0, 0)
-    splits["info"] = {
+    def read_frames(relpath: str) -> np.ndarray:
+        frames = _see_sequence_frames(root / relpath, num_time_bins)
+        if frames.shape != shape:
+            raise AnonyNoiseDatasetError(
+                f"{root / relpath}: frames of {frames.shape[1]}x{frames.shape[0]} px differ from the "
+                f"{shape[1]}x{shape[0]} px of the first sequence, {first}; all must match.")
+        return frames
+
+    info = {
         "dataset": "see", "num_time_bins": num_time_bins, "frame_size": list(shape[:2]),
         "label_maps": {"identity": identities, "target": emotions, "condition": emotions},
         "sources": sources, "metadata": str(metadata_path),
         "polarity_pixels": list(SEE_POLARITY_PIXELS), "frame_order": "sorted by file name",
     }
-    return splits
+    return DatasetPlan(splits, read_frames, shape, info)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -444,6 +490,18 @@ def load_eventreidv2(root: str | os.PathLike, protocol_dir: str | os.PathLike, *
     zero-padded to a square and resized to size x size: nearest for train, bilinear with antialias for query
     and gallery, as AnonyNoise's transforms do. target = -1, condition = camera, identity sorted over all ids.
     """
+    return load_plan(plan_eventreidv2(root, protocol_dir, num_time_bins=num_time_bins, size=size))
+
+
+def _is_blank(path: pathlib.Path) -> bool:
+    """Whether a file holds only whitespace; reading stops at the first block with anything else."""
+    with open(path, "rb") as file:
+        return not any(block.strip() for block in iter(lambda: file.read(1 << 16), b""))
+
+
+def plan_eventreidv2(root: str | os.PathLike, protocol_dir: str | os.PathLike, *, num_time_bins: int = 5,
+                     size: int = 304) -> DatasetPlan:
+    """load_eventreidv2's splits; finds the empty chunks (reading each chunk up to its first event)."""
     root = pathlib.Path(root)
     list_path = pathlib.Path(protocol_dir) / EVENTREID_QUERY_FILE
     query = read_eventreid_query_subset(list_path)
@@ -459,29 +517,28 @@ def load_eventreidv2(root: str | os.PathLike, protocol_dir: str | os.PathLike, *
     members = {"train": chunks["train"],
                "query": [chunk for chunk in chunks["test"] if pathlib.PurePath(chunk[0]).name in query_names],
                "gallery": [chunk for chunk in chunks["test"] if pathlib.PurePath(chunk[0]).name not in query_names]}
-    sources, empty = [], []
+    resize_methods = {"train": "nearest", "query": "bilinear_antialias", "gallery": "bilinear_antialias"}
+    sources, empty, method_of = [], [], {}
     splits = {}
     for split, split_chunks in members.items():
-        resize = _jitted_resize("nearest" if split == "train" else "bilinear_antialias")
-        frames, kept = [], []
-        for chunk in split_chunks:
-            path = root / chunk[0]
-            if not path.read_bytes().strip():
-                empty.append(chunk[0])
+        kept = []
+        for relpath, identity, camera in split_chunks:
+            if _is_blank(root / relpath):
+                empty.append(relpath)
                 continue
-            square = _eventreid_square_frames(path, num_time_bins)
-            frames.append(np.asarray(resize(square[None], size, size))[0])
-            kept.append(chunk)
-            sources.append(chunk[0])
-        splits[split] = _split(frames, (size, size, 2 * num_time_bins), [-1] * len(kept),
-                               [identities[identity] for _, identity, _ in kept],
-                               [cameras[f"c{camera}"] for _, _, camera in kept],
-                               range(len(sources) - len(kept), len(sources)))
-    splits["info"] = {
+            kept.append(PlannedExample(relpath, -1, identities[identity], cameras[f"c{camera}"], len(sources)))
+            sources.append(relpath)
+            method_of[relpath] = resize_methods[split]
+        splits[split] = tuple(kept)
+
+    def read_frames(relpath: str) -> np.ndarray:
+        square = _eventreid_square_frames(root / relpath, num_time_bins)
+        return np.asarray(_jitted_resize(method_of[relpath])(square[None], size, size))[0]
+
+    info = {
         "dataset": "eventreidv2", "num_time_bins": num_time_bins, "frame_size": [size, size],
         "label_maps": {"identity": identities, "target": {}, "condition": cameras},
         "sources": sources, "empty_chunks": empty, "query_list": str(list_path),
-        "query_duplicates": query.duplicates,
-        "resize": {"train": "nearest", "query": "bilinear_antialias", "gallery": "bilinear_antialias"},
+        "query_duplicates": query.duplicates, "resize": resize_methods,
     }
-    return splits
+    return DatasetPlan(splits, read_frames, (size, size, 2 * num_time_bins), info)
