@@ -11,11 +11,12 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from anon_jax import losses
-from anon_jax.data import anonynoise_data
+from anon_jax.data import anonynoise_data, anonynoise_datasets
 from anon_jax.methods import anonynoise
 from anon_jax.models import anonynoise as models
 from anon_jax.training import optim, stages
 from configs import anonynoise as anonynoise_config
+from anonynoise_fixtures import random_events, write_dvsg, write_query_list
 from main_runs import run_main
 
 
@@ -127,6 +128,32 @@ def test_synthetic_splits_hold_out_identities_and_pick_queries(tmp_path):
     assert len(np.unique(all_ids)) == len(all_ids) == len(info["sources"])
 
 
+def test_data_stage_caches_a_real_dataset_example_by_example(tmp_path):
+    rng = np.random.default_rng(3)
+    relpaths = ["ibmGestureTrain/user01_lab/0.npy", "ibmGestureTrain/user02_led/4.npy",
+                "ibmGestureTest/user24_lab/2.npy", "ibmGestureTest/user24_natural/7.npy"]
+    for relpath in relpaths:
+        write_dvsg(tmp_path / "DVSGesture" / relpath, *random_events(rng, 200))
+    (tmp_path / "protocol").mkdir()
+    write_query_list(tmp_path / "protocol" / anonynoise_datasets.DVSG_QUERY_FILE, [relpaths[2]])
+    data = anonynoise_config.get_config().data
+    data.name, data.root, data.protocol_dir, data.num_time_bins = "dvsgesture", str(tmp_path / "DVSGesture"), \
+        str(tmp_path / "protocol"), 2
+    cached = anonynoise_data.load_prepared(anonynoise_data.prepare(data, str(tmp_path / "stage")))
+    loaded = anonynoise_datasets.load_dvsgesture(data.root, data.protocol_dir, num_time_bins=2)
+    assert set(cached) == {"train", "val", "query", "gallery"}
+    for name, split in cached.items():
+        assert isinstance(split["frames"], np.memmap) and split["frames"].shape == (len(loaded[name]["frames"]),
+                                                                                    128, 128, 4)
+        for key in anonynoise_data.ARRAYS:
+            np.testing.assert_array_equal(split[key], loaded[name][key])
+    assert json.loads((tmp_path / "stage" / "dataset_info.json").read_text())["label_maps"]["identity"] == {
+        "user01": 0, "user02": 1, "user24": 2}
+    assert not list((tmp_path / "stage").glob("*.tmp"))
+    with pytest.raises(anonynoise_data.AnonyNoiseDataError, match="cached by an older anon_jax; delete its folder"):
+        anonynoise_data.load_prepared({"paths": {"train": str(tmp_path / "stage" / "train.npz")}})
+
+
 def test_smoke_main_job_runs_every_stage_and_resumes(tmp_path):
     workdir = tmp_path / "anonynoise"
     run_main("configs/anonynoise.py:smoke", workdir)
@@ -140,9 +167,10 @@ def test_smoke_main_job_runs_every_stage_and_resumes(tmp_path):
     for stage in ("data", "pretrain_target", "pretrain_reid", "pipeline", "post_reid", "post_denoise", "evaluate"):
         assert (workdir / stage / stages.DONE_FILE).is_file(), stage
     assert (workdir / "examples.png").stat().st_size > 0
-    with np.load(workdir / anonynoise.EXAMPLES_FILE) as examples, np.load(workdir / "data" / "query.npz") as query:
+    query = np.load(workdir / "data" / "query_frames.npy")
+    with np.load(workdir / anonynoise.EXAMPLES_FILE) as examples:
         assert examples.files == ["raw", "anonymised", "denoised"]  # the figure's rows, top to bottom
-        np.testing.assert_array_equal(examples["raw"], query["frames"][:4])
+        np.testing.assert_array_equal(examples["raw"], query[:4])
         assert examples["anonymised"].shape == examples["denoised"].shape == examples["raw"].shape
         assert not np.array_equal(examples["anonymised"], examples["raw"])
     events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"))

@@ -8,11 +8,13 @@ not a valid match) and "file_id".
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from anon_jax.data import anonynoise_datasets, synthetic
 from anon_jax.events import read_event_text
@@ -21,7 +23,8 @@ from anon_jax.files import atomic_write_bytes
 
 DATASETS = ("synthetic", "dvsgesture", "see", "eventreidv2")
 SPLITS = ("train", "val", "query", "gallery")
-ARRAYS = ("frames", "target", "identity", "condition", "file_id")
+LABELS = anonynoise_datasets.LABELS  # ("target", "identity", "condition", "file_id")
+ARRAYS = ("frames", *LABELS)
 
 
 class AnonyNoiseDataError(ValueError):
@@ -74,43 +77,86 @@ def _check(data) -> None:
             "config.data.protocol_dir to AnonyNoise's protocol files (nothing is downloaded).")
 
 
+def _frames_writer(path: str, shape: tuple[int, ...]):
+    """A float32 .npy of `shape` opened for writing in place (a temporary name until `_publish`)."""
+    return np.lib.format.open_memmap(path + ".tmp", mode="w+", dtype=np.float32, shape=shape)
+
+
+def _publish(frames, path: str) -> None:
+    frames.flush()
+    del frames
+    os.replace(path + ".tmp", path)
+
+
+def _save_labels(path: str, labels: dict) -> None:
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, **{key: np.asarray(labels[key], np.int32).reshape(-1) for key in LABELS})
+    os.replace(path + ".tmp", path)
+
+
+def _split_paths(stage_dir: str, name: str) -> dict:
+    return {"frames": os.path.join(stage_dir, f"{name}_frames.npy"),
+            "labels": os.path.join(stage_dir, f"{name}_labels.npz")}
+
+
 def _save_splits(stage_dir: str, splits: dict) -> dict:
+    """Splits already in memory (the synthetic data)."""
     paths = {}
     for name, split in splits.items():
-        path = os.path.join(stage_dir, f"{name}.npz")
-        with open(path + ".tmp", "wb") as f:
-            np.savez(f, **{key: split[key] for key in ARRAYS})
-        os.replace(path + ".tmp", path)
-        paths[name] = path
+        paths[name] = _split_paths(stage_dir, name)
+        frames = _frames_writer(paths[name]["frames"], split["frames"].shape)
+        frames[:] = split["frames"]
+        _publish(frames, paths[name]["frames"])
+        _save_labels(paths[name]["labels"], split)
+    return paths
+
+
+def _save_plan(stage_dir: str, plan: anonynoise_datasets.DatasetPlan) -> dict:
+    """A real dataset's splits, read and written one example at a time (EventReIDv2's frames do not fit in RAM)."""
+    paths = {}
+    for name, examples in plan.splits.items():
+        paths[name] = _split_paths(stage_dir, name)
+        frames = _frames_writer(paths[name]["frames"], (len(examples), *plan.frame_shape))
+        for index, example in enumerate(examples):
+            frames[index] = plan.read_frames(example.source)
+        _publish(frames, paths[name]["frames"])
+        _save_labels(paths[name]["labels"], {key: [getattr(example, key) for example in examples] for key in LABELS})
+        logging.info("Data: %s split cached (%d examples).", name, len(examples))
     return paths
 
 
 def prepare(data, stage_dir: str) -> dict:
-    """Reads or generates the dataset into frames, caches every split in `stage_dir`; returns the stage info."""
+    """Reads or generates the dataset into frames, caches every split in `stage_dir` (frames as float32 .npy, read
+    back memory-mapped); returns the stage info."""
     _check(data)
+    os.makedirs(stage_dir, exist_ok=True)
     if data.name == "synthetic":
         splits, info = synthetic_splits(data, data.root or os.path.join(stage_dir, "synthetic"))
+        paths = _save_splits(stage_dir, splits)
     else:
-        loader = {"dvsgesture": anonynoise_datasets.load_dvsgesture, "see": anonynoise_datasets.load_see,
-                  "eventreidv2": lambda *args, **kwargs: anonynoise_datasets.load_eventreidv2(
-                      *args, size=data.size, **kwargs)}[data.name]
-        loaded = loader(data.root, data.protocol_dir, num_time_bins=data.num_time_bins)
-        info = loaded.pop("info")
-        splits = loaded
-    paths = _save_splits(stage_dir, splits)
+        plan = {"dvsgesture": anonynoise_datasets.plan_dvsgesture, "see": anonynoise_datasets.plan_see,
+                "eventreidv2": functools.partial(anonynoise_datasets.plan_eventreidv2, size=data.size)}[data.name](
+            data.root, data.protocol_dir, num_time_bins=data.num_time_bins)
+        info = plan.info
+        paths = _save_plan(stage_dir, plan)
     atomic_write_bytes(os.path.join(stage_dir, "dataset_info.json"),
                        json.dumps(info, indent=1, sort_keys=True, default=str).encode())
-    return {"paths": paths, "sizes": {name: int(len(split["frames"])) for name, split in splits.items()}}
+    return {"paths": paths}
 
 
 def load_prepared(info: dict) -> dict:
-    """The splits cached by `prepare` (its returned info)."""
+    """The splits cached by `prepare` (its returned info); frames are memory-mapped, read as batches need them."""
     splits = {}
-    for name, path in info["paths"].items():
-        if not os.path.isfile(path):
-            raise AnonyNoiseDataError(f"{path} is missing: delete the data stage folder to prepare it again.")
-        with np.load(path) as stored:
-            splits[name] = {key: stored[key] for key in ARRAYS}
+    for name, paths in info["paths"].items():
+        if not isinstance(paths, dict):
+            raise AnonyNoiseDataError(f"{paths}: the data stage was cached by an older anon_jax; delete its folder "
+                                      "to prepare it again.")
+        for path in paths.values():
+            if not os.path.isfile(path):
+                raise AnonyNoiseDataError(f"{path} is missing: delete the data stage folder to prepare it again.")
+        with np.load(paths["labels"]) as labels:
+            splits[name] = {"frames": np.load(paths["frames"], mmap_mode="r"),
+                            **{key: labels[key] for key in LABELS}}
     return splits
 
 
