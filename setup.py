@@ -27,6 +27,8 @@ setuptools.setup(
         "tensorboard>=2.16",
         "absl-py",
         "pillow",
+        "scipy",  # CUHK03's protocol .mat files
+        "h5py",  # CUHK03's cuhk-03.mat (MATLAB v7.3)
         "matplotlib",
     ],
     extras_require={
