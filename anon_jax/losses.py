@@ -1,5 +1,5 @@
-"""Training losses: classification cross-entropy (PyTorch label-smoothing semantics) and the
-batch-hard triplet loss on Euclidean feature distances.
+"""Training losses: classification cross-entropy (PyTorch label-smoothing semantics), the
+batch-hard triplet loss on Euclidean feature distances, and AGW's weighted regularised triplet and centre losses.
 """
 
 from __future__ import annotations
@@ -96,3 +96,71 @@ def batch_hard_triplet(features, labels, *, margin: float | None = None, squared
         per_anchor = jax.nn.relu(d_ap - d_an + margin)
     num_valid = jnp.sum(valid)
     return jnp.sum(jnp.where(valid, per_anchor, 0.0)) / jnp.maximum(num_valid, 1)
+
+
+def _agw_softmax_weights(distances, mask):
+    """AGW's masked softmax over each row: exp(d - m) * mask / (sum(exp(d - m) * mask) + 1e-6).
+
+    The shift m is the row maximum of distances * mask, so masked entries take part as zeros (for the negatives'
+    -D this makes m = 0), as the original computes it.
+    """
+    shift = jnp.max(distances * mask, axis=1, keepdims=True)
+    weighted = jnp.exp(distances - shift) * mask
+    return weighted / (jnp.sum(weighted, axis=1, keepdims=True) + 1e-6)
+
+
+def weighted_regularized_triplet(features, labels):
+    """AGW's weighted regularised triplet loss on `features` (N, D) (un-normalised, pre-BN) with `labels` (N,).
+
+    D_ij = sqrt(max(|f_i|^2 + |f_j|^2 - 2 f_i.f_j, 1e-12)); each anchor weighs its positives (itself included)
+    by a softmax of D and its negatives by a softmax of -D (_agw_softmax_weights), d+ = sum w+ D, d- = sum w- D,
+    and the loss is mean(softplus(d+ - d-)) (SoftMarginLoss, no margin). An anchor without negatives gets d- = 0.
+    The softplus is computed stably, where PyTorch's SoftMarginLoss overflows to inf once d+ - d- passes ~88
+    (float32); below that the two agree.
+    """
+    features = jnp.asarray(features)
+    labels = jnp.asarray(labels)
+    if features.ndim != 2 or labels.shape != features.shape[:1]:
+        raise LossInputError(f"weighted_regularized_triplet expects features (N, D) and labels (N,), got "
+                             f"{features.shape} and {labels.shape}.")
+    # At least float32 (bfloat16 features are promoted; float64 stays, for exact comparisons).
+    features = features.astype(jnp.promote_types(features.dtype, jnp.float32))
+    sq_norms = jnp.sum(jnp.square(features), axis=-1)
+    distances = jnp.sqrt(jnp.maximum(sq_norms[:, None] + sq_norms[None, :] - 2.0 * features @ features.T, 1e-12))
+    positive = (labels[:, None] == labels[None, :]).astype(features.dtype)
+    negative = 1.0 - positive
+    positive_distances = distances * positive
+    negative_distances = distances * negative
+    furthest_positive = jnp.sum(positive_distances * _agw_softmax_weights(positive_distances, positive), axis=1)
+    closest_negative = jnp.sum(negative_distances * _agw_softmax_weights(-negative_distances, negative), axis=1)
+    return jnp.mean(jax.nn.softplus(furthest_positive - closest_negative))
+
+
+def initial_centres(key, num_classes: int, feature_dim: int):
+    """Centre-loss centres as the original draws them: (num_classes, feature_dim) standard normal."""
+    return jax.random.normal(key, (num_classes, feature_dim), jnp.float32)
+
+
+def centre_loss(features, labels, centres):
+    """Centre loss sum_i |f_i - c_{y_i}|^2 / N of `features` (N, D), `labels` (N,) in [0, K), `centres` (K, D).
+
+    As the original: squared distances from the expansion |f|^2 + |c|^2 - 2 f.c, each entry of the masked (N, K)
+    distance matrix clamped to [1e-12, 1e12], so the K - 1 masked zeros of every row add (K - 1) * 1e-12 (constant,
+    no gradient). The centres are trainable parameters the caller holds; the 0.0005 weight is the caller's too.
+    """
+    features = jnp.asarray(features)
+    labels = jnp.asarray(labels)
+    centres = jnp.asarray(centres)
+    if features.ndim != 2 or labels.shape != features.shape[:1] or centres.ndim != 2 \
+            or centres.shape[1] != features.shape[1]:
+        raise LossInputError(f"centre_loss expects features (N, D), labels (N,) and centres (K, D), got "
+                             f"{features.shape}, {labels.shape} and {centres.shape}.")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise LossInputError(f"centre_loss expects integer class labels, got dtype {labels.dtype}.")
+    dtype = jnp.promote_types(jnp.promote_types(features.dtype, centres.dtype), jnp.float32)
+    features = features.astype(dtype)
+    own_centres = centres.astype(dtype)[labels]
+    squared = (jnp.sum(jnp.square(features), axis=-1) + jnp.sum(jnp.square(own_centres), axis=-1)
+               - 2.0 * jnp.sum(features * own_centres, axis=-1))
+    clamped_zeros = (centres.shape[0] - 1) * 1e-12
+    return jnp.mean(jnp.clip(squared, 1e-12, 1e12)) + clamped_zeros

@@ -59,6 +59,41 @@ def pk_batches(labels: np.ndarray, p: int, k: int, *, seed: int, epoch: int) -> 
     return [np.concatenate(picks[b:b + p]) for b in range(0, len(order) - len(order) % p, p)]
 
 
+def identity_groups_batches(labels: np.ndarray, p: int, k: int, *, seed: int, epoch: int) -> list[np.ndarray]:
+    """One epoch of P x K batches as the ReId baselines' RandomIdentitySampler (AGW, privacy-reid) draws them.
+
+    Each identity's examples are shuffled (an identity with fewer than K is first resampled with replacement to
+    exactly K) and cut into groups of K, the remainder dropped. While at least P identities have groups left, P
+    distinct ones are drawn at random and each gives its next group. An identity thus appears in as many batches as
+    it has groups, and the number of batches varies from epoch to epoch (batch_iterator needs a fixed count).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise PipelineError(f"labels must be 1-D, got shape {labels.shape}.")
+    if p < 1 or k < 1:
+        raise PipelineError(f"need p >= 1 and k >= 1, got p={p}, k={k}.")
+    identities, inverse = np.unique(labels, return_inverse=True)
+    if len(identities) < p:
+        raise PipelineError(f"P x K sampling needs at least p={p} identities, the labels have {len(identities)}.")
+    rng = _epoch_rng(seed, epoch, 2)
+    by_identity = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+    groups = []
+    for members in by_identity:
+        if len(members) < k:
+            members = rng.choice(members, size=k, replace=True)
+        members = rng.permutation(members)
+        groups.append(members[:len(members) - len(members) % k].reshape(-1, k))
+    taken = np.zeros(len(groups), int)
+    available = list(range(len(groups)))
+    batches = []
+    while len(available) >= p:
+        chosen = [available[i] for i in rng.choice(len(available), size=p, replace=False)]
+        batches.append(np.concatenate([groups[i][taken[i]] for i in chosen]))
+        taken[chosen] += 1
+        available = [i for i in available if taken[i] < len(groups[i])]
+    return batches
+
+
 def process_slice(global_batch_indices: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
     """The contiguous part of a global batch fed by process `process_index` of `process_count`."""
     size = len(global_batch_indices)
