@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from scipy.signal import convolve2d
 
 from anon_jax.metrics.image import ImageShapeError, mean_quality, mse, psnr, ssim, ssim_gaussian_1d
 from benchmarks.torch_models import torch_ssim as torch_ssim_reference
@@ -131,3 +132,36 @@ def test_mean_quality_is_the_mean_of_per_image_values_whatever_the_batching():
         for name, value in expected.items():
             assert got[name] == pytest.approx(float(value), rel=1e-5)
     assert mean_quality(a, a)["PSNR"] == float("inf")
+
+
+def zero_padded_ssim_reference(a: np.ndarray, b: np.ndarray) -> float:
+    """privacy-reid's SSIM written independently: 2-D 11x11 Gaussian window applied with scipy's zero-padded
+    'same' convolution to each channel, C1 = 0.01^2, C2 = 0.03^2, averaged over pixels and channels (float64)."""
+    window = np.outer(ssim_gaussian_1d(), ssim_gaussian_1d())
+    values = []
+    for channel in range(a.shape[-1]):
+        x, y = a[..., channel].astype(np.float64), b[..., channel].astype(np.float64)
+
+        def blur(z):
+            return convolve2d(z, window, mode="same", boundary="fill", fillvalue=0.0)
+
+        mu_x, mu_y = blur(x), blur(y)
+        var_x, var_y, cov = blur(x * x) - mu_x ** 2, blur(y * y) - mu_y ** 2, blur(x * y) - mu_x * mu_y
+        c1, c2 = 0.01 ** 2, 0.03 ** 2
+        values.append(((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)))
+    return float(np.mean(values))
+
+
+def test_zero_padded_ssim_matches_an_independent_reference():
+    rng = np.random.default_rng(5)
+    a = rng.random((3, 20, 13, 3))
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape), 0, 1)
+    ours = np.asarray(ssim(a, b, data_range=1.0, padding="zeros"))
+    expected = [zero_padded_ssim_reference(a[i], b[i]) for i in range(3)]
+    np.testing.assert_allclose(ours, expected, rtol=1e-5)
+    # The border windows see zeros, so the zero-padded value differs from the valid-area one.
+    assert np.all(np.abs(ours - np.asarray(ssim(a, b, data_range=1.0))) > 1e-3)
+    small = rng.random((1, 4, 4, 1))  # smaller than the window: fine with zero padding
+    np.testing.assert_allclose(ssim(small, small, data_range=1.0, padding="zeros"), [1.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="padding='reflect'"):
+        ssim(a, b, padding="reflect")

@@ -1,7 +1,8 @@
 """Image-quality metrics on NHWC batches, one value per image: SSIM, PSNR and MSE.
 
 `ssim` reproduces torchmetrics 0.11.0 `structural_similarity_index_measure` (the flavour the event-anonymization
-objective was trained with), including its batch-wide data range and the gradient through it.
+objective was trained with), including its batch-wide data range and the gradient through it; with
+padding="zeros" it is the zero-padded 'same' SSIM of privacy-reid's privacy metrics.
 """
 
 from __future__ import annotations
@@ -41,30 +42,40 @@ def _check_pair(a, b, name: str, min_size: int = 1) -> tuple[jnp.ndarray, jnp.nd
     return a.astype(dtype), b.astype(dtype)
 
 
-def _gaussian_band(size: int) -> np.ndarray:
-    """(size - 10, size) matrix whose row i holds the 11 Gaussian taps at columns i..i+10: a valid 1-D filter."""
+def _gaussian_band(size: int, padding: str = "valid") -> np.ndarray:
+    """1-D Gaussian filter as a matrix: "valid" gives (size - 10, size) with row i holding the 11 taps at columns
+    i..i+10; "zeros" gives (size, size) with the taps centred on column i and cut at the borders (zero padding)."""
     taps = ssim_gaussian_1d()
+    half = SSIM_WINDOW // 2
+    if padding == "zeros":
+        padded = np.zeros((size, size + 2 * half))
+        for row in range(size):
+            padded[row, row:row + SSIM_WINDOW] = taps
+        return padded[:, half:half + size]
     band = np.zeros((size - SSIM_WINDOW + 1, size))
     for row in range(size - SSIM_WINDOW + 1):
         band[row, row:row + SSIM_WINDOW] = taps
     return band
 
 
-def _gaussian_blur_valid(x: jnp.ndarray) -> jnp.ndarray:
-    """Per-channel 11x11 Gaussian filter of NHWC `x` over the valid area, as two separable 1-D passes.
+def _gaussian_blur(x: jnp.ndarray, padding: str) -> jnp.ndarray:
+    """Per-channel 11x11 Gaussian filter of NHWC `x` (valid area or zero-padded 'same'), as two separable passes.
 
     Each pass is a product with a banded matrix: more multiplications than a depthwise convolution, but XLA runs
     matrix products near peak on every backend while its CPU depthwise convolution (and its gradient) is ~30x
     slower here (benchmarks/training_step.py, "2 x SSIM"). The zeros off the band add exact zeros.
     """
-    rows = jnp.asarray(_gaussian_band(x.shape[1]), x.dtype)
-    columns = jnp.asarray(_gaussian_band(x.shape[2]), x.dtype)
+    rows = jnp.asarray(_gaussian_band(x.shape[1], padding), x.dtype)
+    columns = jnp.asarray(_gaussian_band(x.shape[2], padding), x.dtype)
     # HIGHEST: E[x^2] - mu^2 cancels catastrophically under the TF32/bf16 passes accelerators use by default.
     x = jnp.einsum("ih,nhwc->niwc", rows, x, precision=jax.lax.Precision.HIGHEST)
     return jnp.einsum("jw,niwc->nijc", columns, x, precision=jax.lax.Precision.HIGHEST)
 
 
-def ssim(a, b, *, data_range=None) -> jnp.ndarray:
+SSIM_PADDINGS = ("valid", "zeros")
+
+
+def ssim(a, b, *, data_range=None, padding: str = "valid") -> jnp.ndarray:
     """Per-image SSIM (batch,) of NHWC batches, as torchmetrics 0.11.0 with default arguments.
 
     Gaussian window 11x11 with sigma 1.5 applied to each channel separately; torchmetrics reflect-pads by 5 and
@@ -73,8 +84,13 @@ def ssim(a, b, *, data_range=None) -> jnp.ndarray:
     C2 = (0.03 R)^2 where R = `data_range`, or when None max(range(a), range(b)) over the whole batch (a traced
     value: gradients flow through it, to `a` on ties as in torch's `max`). The map is averaged over H, W and C.
     Jit-able and differentiable; the batch mean of the result is the torchmetrics default reduction.
+
+    padding="zeros": the filter runs over the image zero-padded by 5 ('same' convolution), so the map covers every
+    pixel, border windows included (privacy-reid's image_metric SSIM, used there with data_range=1).
     """
-    a, b = _check_pair(a, b, "ssim", SSIM_WINDOW)
+    if padding not in SSIM_PADDINGS:
+        raise ValueError(f"ssim padding={padding!r}: use one of {SSIM_PADDINGS}.")
+    a, b = _check_pair(a, b, "ssim", SSIM_WINDOW if padding == "valid" else 1)
     if data_range is None:
         range_a = jnp.max(a) - jnp.min(a)
         range_b = jnp.max(b) - jnp.min(b)
@@ -82,7 +98,7 @@ def ssim(a, b, *, data_range=None) -> jnp.ndarray:
     data_range = jnp.asarray(data_range, a.dtype)
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2
-    moments = _gaussian_blur_valid(jnp.concatenate([a, b, a * a, b * b, a * b], axis=0))
+    moments = _gaussian_blur(jnp.concatenate([a, b, a * a, b * b, a * b], axis=0), padding)
     mu_a, mu_b, mean_aa, mean_bb, mean_ab = jnp.split(moments, 5, axis=0)
     mu_aa, mu_bb, mu_ab = mu_a * mu_a, mu_b * mu_b, mu_a * mu_b
     var_a, var_b, cov_ab = mean_aa - mu_aa, mean_bb - mu_bb, mean_ab - mu_ab
