@@ -87,3 +87,13 @@ def test_array_record_files_and_reading_without_tensorflow(built):
 def test_build_reports_missing_list_file(tmp_path):
     with pytest.raises(ValueError, match="train_list.txt: list file not found"):
         tfds_event_reid.build(tmp_path, tmp_path / "data", num_bins=2, height=4, width=4)
+
+
+def test_command_line_builds_and_reports_the_splits(tmp_path, event_reid_sample_dir, capsys):
+    status = tfds_event_reid.main(["--manual_dir", str(event_reid_sample_dir), "--data_dir", str(tmp_path),
+                                   "--num_bins", "2", "--height", "8", "--width", "4"])
+    lines = capsys.readouterr().out.strip().splitlines()[-4:]  # after TFDS's own progress lines
+    assert status == 0 and lines[0] == f"event_reid/voxel2_8x4 in {tmp_path / 'event_reid' / 'voxel2_8x4' / '1.0.0'}"
+    assert sorted(lines[1:]) == ["gallery: 20", "query: 13", "train: 30"]
+    assert tfds_event_reid.main(["--manual_dir", str(tmp_path / "missing"), "--data_dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

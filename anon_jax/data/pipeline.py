@@ -37,13 +37,8 @@ def shuffled_batches(num_examples: int, batch_size: int, *, seed: int, epoch: in
     return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
 
 
-def pk_batches(labels: np.ndarray, p: int, k: int, *, seed: int, epoch: int) -> list[np.ndarray]:
-    """One epoch of P x K batches: identities in random order, P per batch, K instances each.
-
-    Each identity appears in one batch per epoch (len = num_identities // p, the remainder
-    dropped); its K instances are drawn without replacement, or with replacement when it has fewer
-    than K. A batch lists the K instances of its first identity, then of its second, and so on.
-    """
+def _identity_index(labels, p: int, k: int) -> tuple[int, np.ndarray]:
+    """(number of identities, each example's identity index 0..n-1) of P x K sampling's `labels`, checked."""
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise PipelineError(f"labels must be 1-D, got shape {labels.shape}.")
@@ -52,9 +47,20 @@ def pk_batches(labels: np.ndarray, p: int, k: int, *, seed: int, epoch: int) -> 
     identities, inverse = np.unique(labels, return_inverse=True)
     if len(identities) < p:
         raise PipelineError(f"P x K sampling needs at least p={p} identities, the labels have {len(identities)}.")
-    members = [np.flatnonzero(inverse == i) for i in range(len(identities))]
+    return len(identities), inverse
+
+
+def pk_batches(labels: np.ndarray, p: int, k: int, *, seed: int, epoch: int) -> list[np.ndarray]:
+    """One epoch of P x K batches: identities in random order, P per batch, K instances each.
+
+    Each identity appears in one batch per epoch (len = num_identities // p, the remainder
+    dropped); its K instances are drawn without replacement, or with replacement when it has fewer
+    than K. A batch lists the K instances of its first identity, then of its second, and so on.
+    """
+    num_identities, inverse = _identity_index(labels, p, k)
+    members = [np.flatnonzero(inverse == i) for i in range(num_identities)]
     rng = _epoch_rng(seed, epoch, 1)
-    order = rng.permutation(len(identities))
+    order = rng.permutation(num_identities)
     picks = [rng.choice(members[i], size=k, replace=len(members[i]) < k) for i in order]
     return [np.concatenate(picks[b:b + p]) for b in range(0, len(order) - len(order) % p, p)]
 
@@ -67,14 +73,7 @@ def identity_groups_batches(labels: np.ndarray, p: int, k: int, *, seed: int, ep
     distinct ones are drawn at random and each gives its next group. An identity thus appears in as many batches as
     it has groups, and the number of batches varies from epoch to epoch (batch_iterator needs a fixed count).
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise PipelineError(f"labels must be 1-D, got shape {labels.shape}.")
-    if p < 1 or k < 1:
-        raise PipelineError(f"need p >= 1 and k >= 1, got p={p}, k={k}.")
-    identities, inverse = np.unique(labels, return_inverse=True)
-    if len(identities) < p:
-        raise PipelineError(f"P x K sampling needs at least p={p} identities, the labels have {len(identities)}.")
+    _, inverse = _identity_index(labels, p, k)
     rng = _epoch_rng(seed, epoch, 2)
     by_identity = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
     groups = []

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from anon_jax.data import anonynoise_datasets as readers
+from anon_jax.data import tfds_build
 from anon_jax.data.anonynoise_datasets import AnonyNoiseDatasetError
 
 EVENTREID_SIZE = 304  # AnonyNoise's Resize((304, 304))
@@ -230,17 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=None,
                         help=f"eventreidv2 only: side of the resized frames (default {EVENTREID_SIZE})")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO)
-    try:
-        builder = build(args.dataset, args.manual_dir, args.protocol_dir, args.data_dir,
-                        num_time_bins=args.num_time_bins, size=args.size)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{builder.name}/{builder.builder_config.name} in {builder.data_dir}")
-    for name, split in builder.info.splits.items():
-        print(f"{name}: {split.num_examples}")
-    return 0
+    return tfds_build.run_build(lambda: build(
+        args.dataset, args.manual_dir, args.protocol_dir, args.data_dir, num_time_bins=args.num_time_bins,
+        size=args.size))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from anon_jax.data import event_reid
+from anon_jax.data import event_reid, tfds_build
 
 _DESCRIPTION = (
     "Event-ReId (ICCV'23): 33 identities x 4 event cameras, chunks voxelised with the original "
@@ -134,15 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=384, help="voxel height after resize (default 384)")
     parser.add_argument("--width", type=int, default=192, help="voxel width after resize (default 192)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO)
-    try:
-        builder = build(args.manual_dir, args.data_dir, num_bins=args.num_bins, height=args.height,
-                        width=args.width)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(builder.data_dir)
-    return 0
+    return tfds_build.run_build(lambda: build(
+        args.manual_dir, args.data_dir, num_bins=args.num_bins, height=args.height, width=args.width))
 
 
 if __name__ == "__main__":

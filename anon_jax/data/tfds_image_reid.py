@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import logging
 import os
 import pathlib
 import sys
@@ -20,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from anon_jax.data import image_reid
+from anon_jax.data import image_reid, tfds_build
 from anon_jax.data.image_reid import ImageReidDataError
 
 _DESCRIPTION = (
@@ -144,17 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--single_digit_camera", action="store_true",
                         help="MSMT17 Market-style only: privacy-reid's one-digit camera parsing (c14 -> camera 1)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO)
-    try:
-        builder = build(args.dataset, args.manual_dir, args.data_dir, height=args.height, width=args.width,
-                        single_digit_camera=args.single_digit_camera)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{builder.name}/{builder.builder_config.name} in {builder.data_dir}")
-    for name, split in builder.info.splits.items():
-        print(f"{name}: {split.num_examples}")
-    return 0
+    return tfds_build.run_build(lambda: build(
+        args.dataset, args.manual_dir, args.data_dir, height=args.height, width=args.width,
+        single_digit_camera=args.single_digit_camera))
 
 
 if __name__ == "__main__":
