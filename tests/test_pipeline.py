@@ -131,3 +131,28 @@ def test_prefetch_close_waits_for_the_item_in_hand():
     assert next(stream) == 0
     stream.close()
     assert not any(thread.name == "prefetch" and thread.is_alive() for thread in threading.enumerate())
+
+
+def test_batch_iterator_follows_epochs_of_varying_length():
+    labels = np.repeat(np.arange(6), [3, 5, 8, 4, 9, 6])
+    arrays = {"x": np.arange(len(labels))}
+    sampler = functools.partial(pipeline.identity_groups_batches, labels, 2, 2, seed=1)
+    starts = pipeline.epoch_start_steps(sampler, 4)
+    lengths = [len(sampler(epoch=e)) for e in range(4)]
+    assert len(set(lengths)) > 1  # the sampler's epochs differ in length
+    np.testing.assert_array_equal(starts, np.concatenate([[0], np.cumsum(lengths)]))
+    full = list(pipeline.batch_iterator(arrays, sampler, end_step=int(starts[-1])))
+    expected = [batch for e in range(4) for batch in sampler(epoch=e)]
+    assert len(full) == len(expected)
+    for got, batch in zip(full, expected):
+        np.testing.assert_array_equal(got["x"], batch)
+    # Resuming inside epoch 2 gives the same batches as the uninterrupted run.
+    resume = int(starts[2]) + 1
+    resumed = list(pipeline.batch_iterator(arrays, sampler, start_step=resume, end_step=int(starts[-1])))
+    for got, want in zip(resumed, full[resume:]):
+        np.testing.assert_array_equal(got["x"], want["x"])
+
+
+def test_batch_iterator_rejects_an_empty_epoch():
+    with pytest.raises(pipeline.PipelineError, match="no batches in epoch 0"):
+        next(pipeline.batch_iterator({"x": np.arange(4)}, lambda epoch: []))

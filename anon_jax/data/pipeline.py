@@ -71,7 +71,7 @@ def identity_groups_batches(labels: np.ndarray, p: int, k: int, *, seed: int, ep
     Each identity's examples are shuffled (an identity with fewer than K is first resampled with replacement to
     exactly K) and cut into groups of K, the remainder dropped. While at least P identities have groups left, P
     distinct ones are drawn at random and each gives its next group. An identity thus appears in as many batches as
-    it has groups, and the number of batches varies from epoch to epoch (batch_iterator needs a fixed count).
+    it has groups, and the number of batches varies from epoch to epoch (batch_iterator follows it).
     """
     _, inverse = _identity_index(labels, p, k)
     rng = _epoch_rng(seed, epoch, 2)
@@ -116,27 +116,43 @@ def batch_iterator(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields `{name: array[batch]}` for global steps start_step, start_step+1, ... (< end_step).
 
-    `sampler(epoch=e)` gives epoch e's global batches; step s uses batch s % steps_per_epoch of
-    epoch s // steps_per_epoch, so the batches depend only on the sampler's seed and the step.
-    Each process gets its contiguous slice of every global batch.
+    `sampler(epoch=e)` gives epoch e's global batches; the steps run through epoch 0's batches, then epoch 1's,
+    and so on, so the batches depend only on the sampler's seed and the step, also when the number of batches
+    varies from epoch to epoch (identity_groups_batches). Each process gets its contiguous slice of every global
+    batch.
     """
     lengths = {name: len(array) for name, array in arrays.items()}
     if not lengths or len(set(lengths.values())) != 1:
         raise PipelineError(f"arrays must be a non-empty dict of equally long arrays, got lengths {lengths}.")
-    steps_per_epoch = len(sampler(epoch=0))
-    if steps_per_epoch == 0:
-        raise PipelineError("the sampler yields no batches per epoch; lower the batch size.")
-    step, epoch, batches = start_step, None, None
+    epochs = _epochs(sampler)
+    epoch_start, batches = next(epochs)
+    while start_step >= epoch_start + len(batches):  # skip the epochs before start_step
+        epoch_start, batches = next(epochs)
+    step = start_step
     while end_step is None or step < end_step:
-        if step // steps_per_epoch != epoch:
-            epoch = step // steps_per_epoch
-            batches = sampler(epoch=epoch)
-            if len(batches) != steps_per_epoch:
-                raise PipelineError(f"the sampler gave {len(batches)} batches for epoch {epoch}, "
-                                    f"{steps_per_epoch} for epoch 0; it must give the same number each epoch.")
-        local = process_slice(batches[step % steps_per_epoch], process_index, process_count)
+        if step == epoch_start + len(batches):
+            epoch_start, batches = next(epochs)
+        local = process_slice(batches[step - epoch_start], process_index, process_count)
         yield {name: np.asarray(array[local]) for name, array in arrays.items()}
         step += 1
+
+
+def _epochs(sampler: Sampler) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """(first global step, batches) of epochs 0, 1, 2, ... of `sampler`."""
+    epoch, epoch_start = 0, 0
+    while True:
+        batches = sampler(epoch=epoch)
+        if not len(batches):
+            raise PipelineError(f"the sampler yields no batches in epoch {epoch}; lower the batch size.")
+        yield epoch_start, batches
+        epoch, epoch_start = epoch + 1, epoch_start + len(batches)
+
+
+def epoch_start_steps(sampler: Sampler, num_epochs: int) -> np.ndarray:
+    """The global step at which each of epochs 0..num_epochs starts (num_epochs + 1 values; the last one is the
+    total number of steps), as batch_iterator walks the epochs."""
+    epochs = _epochs(sampler)
+    return np.asarray([next(epochs)[0] for _ in range(num_epochs + 1)], np.int64)
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
