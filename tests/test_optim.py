@@ -62,3 +62,33 @@ def test_sgd_weight_decay_is_added_to_the_gradient_like_pytorch():
 def test_unknown_schedule_names_the_field():
     with pytest.raises(ValueError, match="config.optimizer.schedule"):
         optim.learning_rate_schedule(sgd_config(schedule="linear"), num_steps=1, steps_per_epoch=1)
+
+
+def test_warmup_multistep_matches_the_original_scheduler_stepped_per_epoch():
+    """privacy-reid: Adam 3.5e-4, warm-up 10 epochs from 0.01, x0.1 at 40 and 80, WarmupMultiStepLR stepped at
+    the start of each epoch, so 0-based epoch e trains with last_epoch = e + 1. Epochs of 3 to 6 steps."""
+    cfg = sgd_config(schedule="warmup_multistep_epochs", learning_rate=3.5e-4, boundaries_epochs=(40, 80),
+                     decay_factors=(0.1, 0.1), warmup_epochs=10, warmup_factor=0.01)
+    lengths = [3 + epoch % 4 for epoch in range(90)]
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    schedule = optim.learning_rate_schedule(cfg, num_steps=int(starts[-1]), steps_per_epoch=starts)
+
+    def original_factor(last_epoch):  # WarmupMultiStepLR, linear warm-up, written from the reference notes
+        warm = 0.01 * (1 - last_epoch / 10) + last_epoch / 10 if last_epoch < 10 else 1.0
+        return warm * 0.1 ** sum(last_epoch >= milestone for milestone in (40, 80))
+
+    for epoch, length in enumerate(lengths):
+        for step in range(int(starts[epoch]), int(starts[epoch]) + length):
+            np.testing.assert_allclose(float(schedule(step)), 3.5e-4 * original_factor(epoch + 1), rtol=1e-6,
+                                       err_msg=f"epoch {epoch}")
+    np.testing.assert_allclose(float(schedule(0)), 3.5e-4 * (0.01 * 0.9 + 0.1), rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(int(starts[39]))), 3.5e-5, rtol=1e-6)  # last_epoch 40
+
+
+def test_epoch_schedules_accept_epoch_start_steps():
+    starts = np.array([0, 2, 7, 9])
+    schedule = optim.learning_rate_schedule(sgd_config(boundaries_epochs=(1, 2)), num_steps=9, steps_per_epoch=starts)
+    np.testing.assert_allclose([schedule(s) for s in (0, 1, 2, 6, 7, 8)], [0.05, 0.05, 0.01, 0.01, 0.001, 0.001],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="epoch start steps must rise from 0"):
+        optim.learning_rate_schedule(sgd_config(), num_steps=9, steps_per_epoch=np.array([1, 2, 3]))
