@@ -6,6 +6,7 @@ Layouts: with ``num_actions = 0`` people walk across the view, one recording per
 ``<root>/<ID>/<camXX>/events.txt`` plus ``frames.npz``. With ``num_actions >= 1`` every identity performs every
 one of the first ``num_actions`` ACTIONS under every one of the first ``num_lighting`` LIGHTING conditions in
 every camera, written as ``<root>/<ID>/<camXX>_<action>_<lighting>/`` (e.g. ``007/cam02_wave_dim/``).
+``render_colour_recording`` renders the same recordings in RGB (the pedestrian images of synthetic_images.py).
 """
 
 import functools
@@ -41,6 +42,8 @@ LIGHTING = {
     "bright": dict(gain=1.35, gamma=1.3, offset=0.0),  # harsh light: more contrast, some highlights clip
     "hazy": dict(gain=0.7, gamma=1.0, offset=0.3),  # veiling glare: strongly compressed log contrast
 }
+_LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601 weights: grey reflectances are the luma of the colour ones
+_SCENE_WIDTHS = 4  # a colour camera's scene is this many crops wide (see render_colour_recording)
 
 
 class SyntheticDataError(ValueError):
@@ -222,6 +225,44 @@ def sample_action_nuisance(seed: int, identity: int, camera: int, action: str, l
     return dict(placement,
                 tempo=rng.uniform(0.88, 1.12),  # frequency multiplier of the action's motion
                 amplitude=rng.uniform(0.85, 1.1))  # of the action's joint excursions
+
+
+def rgb_from_luma(luma: float, hue: float, saturation: float) -> np.ndarray:
+    """RGB (3,) in [0, 1] of Rec. 601 luma `luma`, hue `hue` (radians in the Cb-Cr plane) and chroma
+    `saturation * luma`; clipping only changes very saturated bright colours."""
+    cb, cr = saturation * luma * math.cos(hue), saturation * luma * math.sin(hue)
+    return np.clip([luma + 1.402 * cr, luma - 0.344136 * cb - 0.714136 * cr, luma + 1.772 * cb], 0.0, 1.0)
+
+
+def sample_identity_colours(seed: int, identity: int) -> dict:
+    """RGB (3,) reflectances of the identity's skin, hair, top, bottom and shoes. Their luma is the grey
+    reflectance of sample_identity (up to clipping), so a colour render looks like the grey one in colour."""
+    rng = np.random.default_rng([seed, 4, identity])
+    grey = sample_identity(seed, identity)
+    u = rng.uniform
+
+    def clothing(luma):  # about a third of garments are black, grey or white
+        saturation = u(0.0, 0.08) if rng.random() < 0.3 else u(0.25, 0.8)
+        return rgb_from_luma(luma, u(0.0, 2 * math.pi), saturation)
+
+    # Skin and hair tones lie in the orange-red sector of the Cb-Cr plane (hue about 1.9..2.4 rad).
+    return dict(skin=rgb_from_luma(grey["skin"], u(1.9, 2.4), u(0.15, 0.35)),
+                hair=rgb_from_luma(grey["hair"], u(1.9, 2.4), u(0.0, 0.4)),
+                top=clothing(grey["top"]), bottom=clothing(grey["bottom"]),
+                shoes=rgb_from_luma(grey["shoes"], u(0.0, 2 * math.pi), u(0.0, 0.2)))
+
+
+def sample_camera_colours(seed: int, camera: int) -> dict:
+    """Response of the camera's colour sensor: offset + gain * (white_balance * reflectance) ** gamma per
+    channel, with a luma-neutral white balance (colour cast), and the tints of its scene's left and right ends.
+    Colour cameras expose automatically, so gain and gamma vary less than the event sensor's (sample_camera)."""
+    rng = np.random.default_rng([seed, 5, camera])
+    u = rng.uniform
+    white_balance = np.exp(u(-0.05, 0.05, size=3))
+    return dict(gain=u(0.8, 1.1), gamma=u(0.8, 1.25), offset=u(0.0, 0.04),
+                white_balance=white_balance / (_LUMA @ white_balance),
+                left_tint=rgb_from_luma(1.0, u(0.0, 2 * math.pi), u(0.0, 0.25)),
+                right_tint=rgb_from_luma(1.0, u(0.0, 2 * math.pi), u(0.0, 0.25)))
 
 
 def _segment_coverage(px, py, start, end, radius_start, radius_end, edge_px):
@@ -450,13 +491,9 @@ def _check_action(action, lighting):
         raise SyntheticDataError(f"lighting={lighting!r}: use one of {tuple(LIGHTING)}.")
 
 
-def render_recording(config, identity: int, camera: int, action: str | None = None,
-                     lighting: str | None = None):
-    """Frames (T, H, W) float32 in [0, 1] and timestamps (T,) float64 in us of one recording.
-
-    Without `action`: the walking-only dataset's (identity, camera) recording. With an action of ACTIONS and a
-    lighting of LIGHTING (default "normal"): that recording of the action dataset.
-    """
+def _recording_inputs(config, identity, camera, action, lighting):
+    """The scalar person and camera values, the background and the frame count `_render_frames` takes for
+    one recording (see render_recording)."""
     _check_config(config)
     if action is not None and lighting is None:
         lighting = next(iter(LIGHTING))
@@ -485,11 +522,56 @@ def render_recording(config, identity: int, camera: int, action: str | None = No
                              gain=cam["gain"] * light["gain"], gamma=cam["gamma"] * light["gamma"],
                              offset=cam["offset"] + light["offset"])
     person_values = dict(person, phase=nuisance["phase"])
-    frames = _render_frames(_as_float32(person_values), _as_float32(camera_values), jnp.asarray(cam["background"]),
+    return person_values, camera_values, cam["background"], num_frames
+
+
+def render_recording(config, identity: int, camera: int, action: str | None = None,
+                     lighting: str | None = None):
+    """Frames (T, H, W) float32 in [0, 1] and timestamps (T,) float64 in us of one recording.
+
+    Without `action`: the walking-only dataset's (identity, camera) recording. With an action of ACTIONS and a
+    lighting of LIGHTING (default "normal"): that recording of the action dataset.
+    """
+    person_values, camera_values, background, num_frames = _recording_inputs(config, identity, camera, action,
+                                                                             lighting)
+    frames = _render_frames(_as_float32(person_values), _as_float32(camera_values), jnp.asarray(background),
                             num_frames=num_frames, height=config.height, width=config.width,
                             fps=float(config.fps), action=action or "walk")
     timestamps_us = np.arange(num_frames, dtype=np.float64) * (1e6 / config.fps)
     return np.asarray(frames), timestamps_us
+
+
+def render_colour_recording(config, identity: int, camera: int):
+    """RGB frames (T, H, W, 3) float32 in [0, 1] and timestamps (T,) float64 in us of a walking recording:
+    the person, poses and camera geometry of render_recording's grey one, with the identity's colours, the
+    camera's colour response and a tinted background window. Each channel is rendered by the grey renderer with
+    that channel's reflectances, so shapes, poses and clothing patterns are the grey recording's."""
+    person_values, camera_values, _, num_frames = _recording_inputs(config, identity, camera, None, None)
+    colours = sample_identity_colours(config.seed, identity)
+    response = sample_camera_colours(config.seed, camera)
+    # Detection boxes are cut at different places of a camera's scene: each recording sees its own window of a
+    # background _SCENE_WIDTHS crops wide (only the background is taken from that wider camera).
+    scene = sample_camera(config.seed, camera, config.height, _SCENE_WIDTHS * config.width)["background"]
+    rng = np.random.default_rng([config.seed, 6, identity, camera])
+    left = rng.integers(scene.shape[1] - config.width + 1)
+    exposure = np.exp(rng.uniform(-0.15, 0.15))  # automatic exposure reacts to each scene window and person
+    grey = scene[:, left:left + config.width, None]
+    # The tint drifts across the scene (from the left tint to the right one), so windows differ in colour too.
+    across = (left + np.arange(config.width)[None, :, None]) / (scene.shape[1] - 1)
+    tint = response["left_tint"] + across * (response["right_tint"] - response["left_tint"])
+    background = np.clip(grey * tint, 0.04, 0.96)
+    channels = []
+    for channel in range(3):
+        person_channel = dict(person_values, **{name: colour[channel] for name, colour in colours.items()})
+        # Scaling the reflectance by the white balance is the same as scaling the gain by white_balance ** gamma.
+        gain = exposure * response["gain"] * response["white_balance"][channel] ** response["gamma"]
+        camera_channel = dict(camera_values, offset=response["offset"], gamma=response["gamma"], gain=gain)
+        channels.append(_render_frames(_as_float32(person_channel), _as_float32(camera_channel),
+                                       jnp.asarray(background[..., channel], jnp.float32),
+                                       num_frames=num_frames, height=config.height, width=config.width,
+                                       fps=float(config.fps)))
+    timestamps_us = np.arange(num_frames, dtype=np.float64) * (1e6 / config.fps)
+    return np.stack([np.asarray(frames) for frames in channels], axis=-1), timestamps_us
 
 
 def _recording_events(config, params, recording, frames, timestamps_us):
