@@ -92,3 +92,21 @@ def test_epoch_schedules_accept_epoch_start_steps():
                                rtol=1e-6)
     with pytest.raises(ValueError, match="epoch start steps must rise from 0"):
         optim.learning_rate_schedule(sgd_config(), num_steps=9, steps_per_epoch=np.array([1, 2, 3]))
+
+
+def test_adam_beta1_and_coupled_weight_decay_follow_the_config():
+    # privacy-reid's GAN optimizers: torch Adam(lr, betas=(0.5, 0.999), weight_decay) = L2 added to the gradient.
+    cfg = optim.optimizer_config(name="adam", learning_rate=0.1, weight_decay=0.01, beta1=0.5, schedule="constant",
+                                 warmup_steps=0)
+    tx, _ = optim.make_optimizer(cfg, num_steps=3, steps_per_epoch=1)
+    reference = optax.adam(0.1, b1=0.5)
+    params = {"w": jnp.array([1.0, -2.0])}
+    state, reference_state, reference_params = tx.init(params), reference.init(params), params
+    for grad in ([0.3, 0.1], [-0.2, 0.4], [0.5, -0.5]):
+        grads = {"w": jnp.array(grad)}
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        coupled = {"w": grads["w"] + 0.01 * reference_params["w"]}
+        reference_updates, reference_state = reference.update(coupled, reference_state, reference_params)
+        reference_params = optax.apply_updates(reference_params, reference_updates)
+    np.testing.assert_allclose(params["w"], reference_params["w"], rtol=1e-6)

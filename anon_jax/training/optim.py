@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules built from a config.
 
 `config.optimizer` fields: name ("sgd" | "adam" | "adamw"), learning_rate, momentum, nesterov,
-weight_decay, schedule ("constant" | "cosine" | "cosine_epochs" | "piecewise_epochs" | "warmup_multistep_epochs"),
+beta1 (Adam), weight_decay, schedule ("constant" | "cosine" | "cosine_epochs" | "piecewise_epochs" | "warmup_multistep_epochs"),
 warmup_steps, boundaries_epochs and decay_factors (piecewise), warmup_epochs and warmup_factor, and
 head_lr_multiplier / backbone_lr_multiplier for the two parameter groups (the paper trains the backbone at 0.1x
 the classifier's learning rate). Per-epoch schedules take a fixed `steps_per_epoch` or, for samplers whose epochs
@@ -28,6 +28,7 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
     opt.learning_rate = 0.05  # base (head) learning rate
     opt.momentum = 0.9  # SGD momentum (unused by Adam)
     opt.nesterov = True  # SGD Nesterov momentum (unused by Adam)
+    opt.beta1 = 0.9  # Adam's first-moment decay (pix2pix-style GAN networks: 0.5)
     opt.weight_decay = 5e-4  # L2 weight decay added to the gradient (AdamW: decoupled)
     # "constant", "cosine" (per step), "cosine_epochs", "piecewise_epochs" or "warmup_multistep_epochs"
     opt.schedule = "cosine"  # learning-rate schedule
@@ -118,9 +119,9 @@ def _base_optimizer(cfg: ml_collections.ConfigDict, learning_rate) -> optax.Grad
             optax.sgd(learning_rate, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
         )
     if cfg.name == "adam":
-        return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(learning_rate))
+        return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(learning_rate, b1=cfg.beta1))
     if cfg.name == "adamw":
-        return optax.adamw(learning_rate, weight_decay=cfg.weight_decay)
+        return optax.adamw(learning_rate, b1=cfg.beta1, weight_decay=cfg.weight_decay)
     raise ValueError(f"config.optimizer.name={cfg.name!r}: use 'sgd', 'adam' or 'adamw'.")
 
 
