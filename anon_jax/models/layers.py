@@ -141,6 +141,21 @@ def patch_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
 _PHASE_TAPS = ((4, 2, 0), (5, 3, 1))
 
 
+def phase_transposed_conv(x, kernel, phase_taps):
+    """A stride-2 transposed convolution as one stride-1 3x3 convolution producing the four output phases, then
+    interleaved. `kernel` is (k, k, out, in); `phase_taps[r]` lists the kernel taps that output phase r reads at
+    input offsets -1, 0, +1 (index k is a zero tap)."""
+    in_features, features = x.shape[-1], kernel.shape[2]
+    taps = jnp.asarray(phase_taps)
+    padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+    # (row phase, row offset, column phase, column offset, out, in) -> (3, 3, in, (row phase, column phase, out))
+    phases = padded[taps][:, :, taps].transpose(1, 3, 5, 0, 2, 4).reshape(3, 3, in_features, 4 * features)
+    y = jax.lax.conv_general_dilated(x, phases, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    batch, height, width, _ = y.shape
+    y = y.reshape(batch, height, width, 2, 2, features).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(batch, 2 * height, 2 * width, features)
+
+
 class ConvTransposeX2(nn.Module):
     """PyTorch's ConvTranspose2d(in, out, 5, stride=2, padding=2, output_padding=1) on NHWC maps: twice the size.
 
@@ -161,15 +176,7 @@ class ConvTransposeX2(nn.Module):
     def __call__(self, x):
         in_features = x.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (5, 5, self.features, in_features), jnp.float32)
-        taps = jnp.asarray(_PHASE_TAPS)
-        padded = jnp.pad(kernel.astype(self.dtype), ((0, 1), (0, 1), (0, 0), (0, 0)))
-        # (row phase, row offset, column phase, column offset, out, in) -> (3, 3, in, (row phase, column phase, out))
-        phases = padded[taps][:, :, taps].transpose(1, 3, 5, 0, 2, 4).reshape(3, 3, in_features, 4 * self.features)
-        y = jax.lax.conv_general_dilated(x.astype(self.dtype), phases, (1, 1), ((1, 1), (1, 1)),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        batch, height, width, _ = y.shape
-        y = y.reshape(batch, height, width, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
-        y = y.reshape(batch, 2 * height, 2 * width, self.features)
+        y = phase_transposed_conv(x.astype(self.dtype), kernel.astype(self.dtype), _PHASE_TAPS)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
         return y

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from anon_jax.models import layers
 from anon_jax.models.layers import BatchNorm
 from anon_jax.validation import is_positive_int
 
@@ -75,15 +76,7 @@ class ConvTranspose4x4X2(nn.Module):
     def __call__(self, x):
         in_features = x.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (4, 4, self.features, in_features), jnp.float32)
-        taps = jnp.asarray(_PHASE_TAPS)
-        padded = jnp.pad(kernel.astype(self.dtype), ((0, 1), (0, 1), (0, 0), (0, 0)))
-        # (row phase, row offset, column phase, column offset, out, in) -> (3, 3, in, (row phase, column phase, out))
-        phases = padded[taps][:, :, taps].transpose(1, 3, 5, 0, 2, 4).reshape(3, 3, in_features, 4 * self.features)
-        y = jax.lax.conv_general_dilated(x.astype(self.dtype), phases, (1, 1), ((1, 1), (1, 1)),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        batch, height, width, _ = y.shape
-        y = y.reshape(batch, height, width, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
-        y = y.reshape(batch, 2 * height, 2 * width, self.features)
+        y = layers.phase_transposed_conv(x.astype(self.dtype), kernel.astype(self.dtype), _PHASE_TAPS)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
         return y
