@@ -1,0 +1,1 @@
+"""Image privacy transforms for person Re-ID: classical desensitisation (mosaic, blur, noise)."""
