@@ -46,9 +46,12 @@ def _batch_norm(train: bool, dtype: Any, name: str) -> BatchNorm:
     return BatchNorm(use_running_average=not train, scale_init=batch_norm_scale_init, dtype=dtype, name=name)
 
 
-def _conv4x4(features: int, stride: int, use_bias: bool, dtype: Any, name: str) -> nn.Conv:
+def _conv4x4(features: int, stride: int, use_bias: bool, dtype: Any, name: str, x) -> nn.Conv:
+    """A 4x4 conv with padding 1 for input `x` (small output maps run as a product over patches)."""
+    height, width = ((size + 2 - 4) // stride + 1 for size in x.shape[1:3])
     return nn.Conv(features, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=use_bias,
-                   kernel_init=conv_kernel_init, dtype=dtype, name=name)
+                   kernel_init=conv_kernel_init, dtype=dtype, name=name,
+                   conv_general_dilated=layers.small_map_conv(height, width))
 
 
 # Output phase r of ConvTranspose2d(k=4, stride=2, padding=1) along one axis reads the input at offsets -1, 0, +1
@@ -133,7 +136,7 @@ class UNetGenerator(nn.Module):
         for level in range(levels):
             if level > 0:
                 x = nn.leaky_relu(x, negative_slope=0.2)
-            x = _conv4x4(widths[level], 2, False, self.dtype, f"down_{level}")(x)
+            x = _conv4x4(widths[level], 2, False, self.dtype, f"down_{level}", x)(x)
             if 0 < level < levels - 1:
                 x = _batch_norm(train, self.dtype, f"down_norm_{level}")(x)
             skips.append(x)
@@ -182,14 +185,15 @@ class PatchDiscriminator(nn.Module):
     @nn.compact
     def __call__(self, images, *, train: bool):
         self._check(images)
-        x = _conv4x4(self.ndf, 2, True, self.dtype, "conv_0")(images.astype(self.dtype))
+        x = images.astype(self.dtype)
+        x = _conv4x4(self.ndf, 2, True, self.dtype, "conv_0", x)(x)
         x = nn.leaky_relu(x, negative_slope=0.2)
         for layer in range(1, self.n_layers + 1):
             stride = 2 if layer < self.n_layers else 1
-            x = _conv4x4(self.ndf * min(2**layer, 8), stride, False, self.dtype, f"conv_{layer}")(x)
+            x = _conv4x4(self.ndf * min(2**layer, 8), stride, False, self.dtype, f"conv_{layer}", x)(x)
             x = _batch_norm(train, self.dtype, f"norm_{layer}")(x)
             x = nn.leaky_relu(x, negative_slope=0.2)
-        logits = _conv4x4(1, 1, True, self.dtype, f"conv_{self.n_layers + 1}")(x)
+        logits = _conv4x4(1, 1, True, self.dtype, f"conv_{self.n_layers + 1}", x)(x)
         return logits.astype(jnp.float32)
 
 
