@@ -24,6 +24,7 @@ METHODS = {
     "reconstructor_pretrain": "anon_jax.methods.reconstructor_pretrain",
     "event_anonymization": "anon_jax.methods.event_anonymization",
     "anonynoise": "anon_jax.methods.anonynoise",
+    "privacy_reid": "anon_jax.methods.privacy_reid",
 }
 
 FLAGS = flags.FLAGS

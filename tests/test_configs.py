@@ -11,13 +11,15 @@ import configs.anonynoise_eventreidv2 as anonynoise_eventreidv2
 import configs.anonynoise_see as anonynoise_see
 import configs.eventreid as eventreid
 import configs.eventreid_baseline as eventreid_baseline
+import configs.privacy_reid as privacy_reid
+import configs.privacy_reid_market1501 as privacy_reid_market1501
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Config files plus the modules that build sub-configs for them.
 CONFIG_SOURCES = sorted((REPO / "configs").glob("*.py")) + [
     REPO / "anon_jax" / path
     for path in ("data/datasets.py", "data/synthetic.py", "data/reconstruction_sequences.py", "training/optim.py",
-                 "models/anonymizer.py")
+                 "models/anonymizer.py", "data/image_data.py", "data/synthetic_images.py", "privacy/desensitize.py")
 ]
 
 
@@ -121,3 +123,41 @@ def test_anonynoise_real_dataset_configs_hold_the_published_settings():
     for module in (anonynoise, anonynoise_dvsgesture, anonynoise_see, anonynoise_eventreidv2):
         with pytest.raises(ValueError, match="variant"):
             module.get_config("huge")
+
+
+@pytest.mark.parametrize("variant", [None, "smoke", "paper"])
+def test_privacy_reid_variants_build(variant):
+    config = privacy_reid.get_config(variant)
+    assert config.method == "privacy_reid" and config.full.num_epochs > 0
+    # The U-Nets need image sides divisible by 2**num_downs.
+    assert config.data.height % 2**config.generator.num_downs == 0
+    assert config.data.width % 2**config.generator.num_downs == 0
+
+
+@pytest.mark.parametrize("kind, parameter, value", [("mosaic", "mosaic_size", 24), ("blur", "blur_radius", 12.0),
+                                                    ("noise", "noise_sigma", 0.5)])
+def test_privacy_reid_market1501_has_the_published_settings(kind, parameter, value):
+    config = privacy_reid_market1501.get_config(None if kind == "mosaic" else kind)
+    assert (config.data.name, config.data.height, config.data.width) == ("market1501", 256, 128)
+    assert config.desensitize.kind == kind and config.desensitize[parameter] == value
+    assert (config.model.depth, config.model.last_stride, tuple(config.model.nonlocal_blocks)) == (50, 1, (0, 2, 3, 0))
+    assert config.model.nonlocal_one_channel and not config.model.stem_relu
+    assert (config.generator.num_downs, config.generator.ngf, config.discriminator.ndf) == (7, 64, 64)
+    assert (config.train.p, config.train.k, config.train.pad, config.train.erase_prob) == (16, 4, 10, 0.5)
+    loss = config.loss
+    assert (loss.label_smoothing, loss.centre_weight, loss.centre_lr) == (0.1, 5e-4, 0.5)
+    assert (loss.protected_l1_weight, loss.recovered_l1_weight, loss.gan_weight) == (100.0, 100.0, 1.0)
+    for section, names in ((config.baseline, ("reid",)), (config.full, ("reid", "generator", "recovery",
+                                                                        "disc_anonymizer", "disc_recovery"))):
+        assert section.num_epochs == 120
+        for name in names:
+            opt = section[f"{name}_optimizer"]
+            assert (opt.name, opt.learning_rate, opt.weight_decay, opt.schedule) == (
+                "adam", 3.5e-4, 5e-4, "warmup_multistep_epochs")
+            assert (opt.warmup_epochs, opt.warmup_factor, tuple(opt.boundaries_epochs)) == (10, 0.01, (40, 80))
+            assert opt.beta1 == (0.9 if name == "reid" else 0.5)
+    up = config.upgrade
+    assert (up.enabled, up.val_every_epochs, up.psnr_tolerance, up.ssim_tolerance, up.min_rank1) == (
+        True, 5, 1.0, 0.05, 0.75)
+    with pytest.raises(ValueError, match="variant"):
+        privacy_reid_market1501.get_config("pixelate")
