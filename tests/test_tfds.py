@@ -2,14 +2,12 @@
 load_split's arrays, and they read back through the data-source API without TensorFlow."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 from anon_jax.data import event_reid, tfds_event_reid
+from without_tensorflow import run_without_tensorflow
 
 NUM_BINS, HEIGHT, WIDTH = 5, 32, 16
 
@@ -48,22 +46,8 @@ def test_records_match_load_split(built, event_reid_sample_dir):
     assert _by_path(builder.as_data_source("gallery"))["test/005_c4_060.txt"]["label"] == 4
 
 
-_READ_WITHOUT_TENSORFLOW = textwrap.dedent("""
-    import importlib.abc, importlib.machinery, sys
-
-    class NoTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        # Every import of tensorflow fails, as on a machine without it.
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "tensorflow":
-                return importlib.machinery.ModuleSpec(name, self)
-
-        def create_module(self, spec):
-            raise ModuleNotFoundError("No module named %r (blocked)" % spec.name, name=spec.name)
-
-        def exec_module(self, module):
-            raise ModuleNotFoundError("No module named %r (blocked)" % module.__name__)
-
-    sys.meta_path.insert(0, NoTensorFlow())
+_READ_QUERY = """
+    import sys
     import tensorflow_datasets as tfds
     from anon_jax.data import tfds_event_reid  # registers the builder
     data_dir, num_bins, height, width = sys.argv[1], *map(int, sys.argv[2:])
@@ -71,17 +55,14 @@ _READ_WITHOUT_TENSORFLOW = textwrap.dedent("""
                               download=False)
     record = source[0]
     print(len(source), record["voxel"].shape, record["voxel"].dtype, "tensorflow" in sys.modules)
-""")
+"""
 
 
 def test_array_record_files_and_reading_without_tensorflow(built):
     builder, data_dir = built
     assert any(name.startswith("event_reid-train.array_record") for name in os.listdir(builder.data_dir))
-    result = subprocess.run(
-        [sys.executable, "-c", _READ_WITHOUT_TENSORFLOW, str(data_dir), str(NUM_BINS), str(HEIGHT), str(WIDTH)],
-        capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == f"13 ({HEIGHT}, {WIDTH}, {NUM_BINS}) float32 False"
+    last_line = run_without_tensorflow(_READ_QUERY, data_dir, NUM_BINS, HEIGHT, WIDTH)
+    assert last_line == f"13 ({HEIGHT}, {WIDTH}, {NUM_BINS}) float32 False"
 
 
 def test_build_reports_missing_list_file(tmp_path):

@@ -3,9 +3,6 @@ the readers' arrays row by row, read back through the data-source API, and the c
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -15,8 +12,7 @@ from anon_jax.data import anonynoise_datasets as ad
 from anon_jax.data import tfds_anonynoise
 from anonynoise_fixtures import (random_events, reid_events, sequence_name, write_chunk, write_dvsg,
                                  write_query_list, write_sequence)
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from without_tensorflow import run_without_tensorflow
 
 
 def write_dvsg_tree(root, protocol_dir):
@@ -220,35 +216,17 @@ def test_builder_without_protocol_dir_says_what_to_pass(tmp_path):
             download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(tmp_path / "dvsg")))
 
 
-_BUILD_AND_READ_WITHOUT_TENSORFLOW = textwrap.dedent("""
-    import importlib.abc, importlib.machinery, sys
-
-    class NoTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        # Every import of tensorflow fails, as on a machine without it.
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "tensorflow":
-                return importlib.machinery.ModuleSpec(name, self)
-
-        def create_module(self, spec):
-            raise ModuleNotFoundError("No module named %r (blocked)" % spec.name, name=spec.name)
-
-        def exec_module(self, module):
-            raise ModuleNotFoundError("No module named %r (blocked)" % module.__name__)
-
-    sys.meta_path.insert(0, NoTensorFlow())
+_BUILD_AND_READ = """
+    import sys
     import tensorflow_datasets as tfds
     from anon_jax.data import tfds_anonynoise
     root, protocol_dir, data_dir = sys.argv[1:]
     tfds_anonynoise.build("see", root, protocol_dir, data_dir, num_time_bins=3)
     source = tfds.data_source("anonynoise_see/frames3", split="val", data_dir=data_dir, download=False)
     print(len(source), source[0]["frames"].shape, "tensorflow" in sys.modules)
-""")
+"""
 
 
 def test_builds_and_reads_without_tensorflow(tmp_path, anonynoise_protocol_dir):
     root, protocol_dir = write_tree("see", tmp_path, anonynoise_protocol_dir)
-    result = subprocess.run(
-        [sys.executable, "-c", _BUILD_AND_READ_WITHOUT_TENSORFLOW, str(root), str(protocol_dir),
-         str(tmp_path / "data")], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == "4 (4, 6, 6) False"
+    assert run_without_tensorflow(_BUILD_AND_READ, root, protocol_dir, tmp_path / "data") == "4 (4, 6, 6) False"
