@@ -382,6 +382,9 @@ def validate(config, eval_batch, variables, splits: dict, *, mesh) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- training
 BASELINE_NETWORKS = ("reid",)
+# The full model's C starts like the baseline's ("fresh": ImageNet or random, as the paper) or from the trained
+# baseline ("baseline").
+REID_INITS = ("fresh", "baseline")
 FULL_NETWORKS = ("reid", "generator", "recovery", "disc_anonymizer", "disc_recovery")
 
 
@@ -393,13 +396,14 @@ def init_baseline_state(config, nets, txs, image_shape, num_classes: int) -> dic
             "centres": losses.initial_centres(jax.random.fold_in(rng, 2), num_classes, agw_feature_dim(config))}
 
 
-def init_full_state(config, nets, txs, image_shape, num_classes: int, *, snapshot_rank1: float) -> dict:
-    """Step 0 of mode "GCR": the five networks with their optimizer states, the centres, a snapshot slot for G
-    (unused until the first upgrade) and the upgradation record (no snapshot in use, none better than
-    `snapshot_rank1` yet, no validation done)."""
+def init_full_state(config, nets, txs, image_shape, num_classes: int, *, snapshot_rank1: float,
+                    reid_variables=None) -> dict:
+    """Step 0 of mode "GCR": the five networks with their optimizer states (C from `reid_variables` when given),
+    the centres, a snapshot slot for G (unused until the first upgrade) and the upgradation record (no snapshot in
+    use, none better than `snapshot_rank1` yet, no validation done)."""
     rng = jax.random.key(config.seed + 1)
     pair_shape = (*image_shape[:2], 2 * image_shape[2])
-    variables = {"reid": init_reid(config, nets["reid"], image_shape, rng),
+    variables = {"reid": reid_variables or init_reid(config, nets["reid"], image_shape, rng),
                  "generator": _init(nets["generator"], jax.random.fold_in(rng, 1), image_shape),
                  "recovery": _init(nets["recovery"], jax.random.fold_in(rng, 2), image_shape),
                  "disc_anonymizer": _init(nets["disc_anonymizer"], jax.random.fold_in(rng, 3), pair_shape),
@@ -495,16 +499,17 @@ def validation_steps(config, epoch_starts: np.ndarray) -> list[int]:
     return [int(epoch_starts[epoch]) for epoch in range(every, len(epoch_starts) - 1, every)]
 
 
-def train_full(config, stage_dir: str, splits: dict, nets, *, min_rank1: float, mesh, tensorboard_dir: str):
-    """Mode "GCR" with supervision upgradation (config.upgrade.enabled); returns (the G, G_R and C variables,
-    info with every validation record)."""
+def train_full(config, stage_dir: str, splits: dict, nets, *, min_rank1: float, mesh, tensorboard_dir: str,
+               reid_variables=None):
+    """Mode "GCR" with supervision upgradation (config.upgrade.enabled), C starting from `reid_variables` when
+    given; returns (the G, G_R and C variables, info with every validation record)."""
     train = splits["train"]
     epoch_starts = pipeline.epoch_start_steps(_sampler(config, train["labels"]), config.full.num_epochs)
     txs = _optimizers(config.full, FULL_NETWORKS, epoch_starts)
     upgrade = ml_collections.ConfigDict(config.upgrade.to_dict())
     upgrade.min_rank1 = min_rank1
     state = init_full_state(config, nets, txs, train["images"].shape[1:], int(train["labels"].max()) + 1,
-                            snapshot_rank1=min_rank1)
+                            snapshot_rank1=min_rank1, reid_variables=reid_variables)
     eval_batch = make_eval_batch(config, nets, "GCR")
     records = _read_validations(stage_dir)
 
@@ -585,6 +590,8 @@ def _check_config(config) -> None:
     if config.upgrade.enabled and not config.data.validation_split:
         raise ValueError("config.upgrade.enabled=True needs validation images: set config.data.validation_split=True "
                          "(Market-style datasets), or config.upgrade.enabled=False (the 'w/o U' model).")
+    if config.full.reid_init not in REID_INITS:
+        raise ValueError(f"config.full.reid_init={config.full.reid_init!r}: use one of {REID_INITS}.")
     if config.loss.centre_weight <= 0:
         raise ValueError(f"config.loss.centre_weight={config.loss.centre_weight}: must be > 0 (privacy-reid: 5e-4).")
 
@@ -621,8 +628,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     min_rank1 = config.upgrade.min_rank1
     if config.upgrade.enabled and config.upgrade.min_rank1_from_baseline:
         min_rank1 = baseline_info["validation"]["rank1"]
+    reid_variables = baseline if config.full.reid_init == "baseline" else None
     full, full_info = run_training_stage(workdir, "full", lambda stage_dir: train_full(
-        config, stage_dir, splits, nets, min_rank1=min_rank1, **common))
+        config, stage_dir, splits, nets, min_rank1=min_rank1, reid_variables=reid_variables, **common))
 
     def evaluate_stage(stage_dir):
         del stage_dir
@@ -654,6 +662,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "dataset": data_info["dataset"], "image_size": data_info["image_size"],
         "train_images": int(len(splits["train"]["images"])), "identities": num_classes,
         "desensitization": config.desensitize.to_dict(), "devices": jax.device_count(),
+        "full_reid_init": config.full.reid_init,
         "stages": {"baseline": baseline_info, "full": full_info},
         "full_beats_baseline": {setting: full_results[setting]["rank1"] > base_results[setting]["rank1"]
                                 for setting in ("raw->protected", "protected->protected")},
