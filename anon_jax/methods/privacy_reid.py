@@ -596,6 +596,16 @@ def _check_config(config) -> None:
         raise ValueError(f"config.loss.centre_weight={config.loss.centre_weight}: must be > 0 (privacy-reid: 5e-4).")
 
 
+def _validation_summary(info: dict) -> dict:
+    """The full stage's info for the report, its validation records (full/validations.json) reduced to the steps
+    where a snapshot was taken or kept in use."""
+    records = info["validations"]
+    return {**{key: value for key, value in info.items() if key != "validations"},
+            "validations": len(records),
+            "new_snapshot_steps": [record["step"] for record in records if record["replace_snapshot"]],
+            "snapshot_in_use_steps": [record["step"] for record in records if record["use_snapshot"]]}
+
+
 def _report_rows(results: dict, quality: dict) -> dict:
     row = {}
     for setting, values in results.items():
@@ -663,7 +673,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "train_images": int(len(splits["train"]["images"])), "identities": num_classes,
         "desensitization": config.desensitize.to_dict(), "devices": jax.device_count(),
         "full_reid_init": config.full.reid_init,
-        "stages": {"baseline": baseline_info, "full": full_info},
+        "stages": {"baseline": baseline_info, "full": _validation_summary(full_info)},
         "full_beats_baseline": {setting: full_results[setting]["rank1"] > base_results[setting]["rank1"]
                                 for setting in ("raw->protected", "protected->protected")},
         "protected_no_closer_than_classical": {
