@@ -206,8 +206,9 @@ def test_train_forward_matches_torch_with_half_width_embeddings_and_relu_stem():
     outputs, updates = jax.jit(lambda v, x: network.apply(v, x, train=True, mutable=["batch_stats"]))(
         variables, jnp.asarray(x, jnp.float32))
     assert set(outputs) == {"logits", "features"}
-    np.testing.assert_allclose(outputs["features"], features.numpy(), rtol=1e-4, atol=1e-4)
-    # The batch norm over 3 samples amplifies float32 rounding (PyTorch runs in float64 here).
+    # The batch norms over 3 samples amplify float32 rounding (PyTorch runs in float64 here), and XLA's threaded CPU
+    # convolutions do not always sum in the same order: features have differed from run to run by up to 4e-4.
+    np.testing.assert_allclose(outputs["features"], features.numpy(), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(outputs["logits"], logits.numpy(), rtol=1e-3, atol=1e-3)
     # Running statistics follow PyTorch's (momentum 0.1, unbiased variance), the non-local BN's included.
     for flax_stats, torch_bn in ((updates["batch_stats"]["backbone"]["nonlocal_layer3_4"]["w_bn"],
