@@ -1,10 +1,13 @@
 """AGW ReId network (ReID-Survey's baseline, as privacy-reid trains it): ResNet-50 with non-local blocks, GeM
 pooling and a BNNeck head, NHWC. The trunk keeps torchvision's names under "backbone" (non-local blocks beside
 them as `nonlocal_layer<stage>_<block>`), so ImageNet weights import through convert/torchvision_resnet.py.
+A trained network is saved with the input settings a deployment must repeat (save_pretrained / load_pretrained).
 """
 
 from __future__ import annotations
 
+import json
+import pathlib
 from typing import Any, Mapping, Sequence
 
 import flax
@@ -15,7 +18,8 @@ import ml_collections
 import numpy as np
 
 from anon_jax.convert import torchvision_resnet
-from anon_jax.models import reid
+from anon_jax.files import atomic_directory, atomic_write_text
+from anon_jax.models import pretrained, reid
 from anon_jax.models.anonymizer import torch_default_bias_init, torch_default_kernel_init
 from anon_jax.models.layers import BatchNorm
 from anon_jax.validation import is_positive_int
@@ -210,3 +214,128 @@ def imagenet_agw_variables(variables: Mapping, state_dict: Mapping[str, np.ndarr
         variables[collection] = {**variables[collection],
                                  "backbone": {**backbone[collection], **jax.tree_util.tree_map(jnp.asarray, tree)}}
     return variables
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+CONFIG_FILE = "reid_model.json"
+VARIABLES_DIR = "variables"
+CHECKPOINT_FORMAT = "anon_jax.models.agw/1"
+
+
+class AGWCheckpointError(ValueError):
+    """A saved AGW directory is missing, malformed or does not match its description, or the values to save are bad."""
+
+
+def _model_fields(model_config) -> dict:
+    """MODEL_CONFIG_FIELDS of `model_config` as plain JSON values (nonlocal_blocks a list)."""
+    fields = {field: model_config[field] for field in MODEL_CONFIG_FIELDS}
+    fields["nonlocal_blocks"] = [int(n) for n in fields["nonlocal_blocks"]]
+    for field in ("depth", "width", "last_stride"):
+        fields[field] = int(fields[field])
+    for field in ("stem_relu", "nonlocal_one_channel"):
+        fields[field] = bool(fields[field])
+    return fields
+
+
+def _check_settings(model, num_classes, image_size, pixel_mean, pixel_std) -> dict:
+    """The settings as load_pretrained returns them; AGWCheckpointError names the first bad value."""
+    try:
+        build_agw_network(ml_collections.ConfigDict(model), num_classes)
+    except (AGWNetworkError, TypeError) as error:
+        raise AGWCheckpointError(f"model config / num_classes: {error}") from error
+    if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
+            or not all(is_positive_int(side) for side in image_size)):
+        raise AGWCheckpointError(f"image_size={image_size!r} must be (height, width), two positive integers.")
+    vectors = {}
+    for name, values in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
+        try:
+            vector = tuple(float(v) for v in values)
+        except (TypeError, ValueError):
+            vector = ()
+        if len(vector) != 3 or not all(np.isfinite(vector)) or (name == "pixel_std" and min(vector) <= 0):
+            raise AGWCheckpointError(f"{name}={values!r} must be 3 finite numbers (one per RGB channel)"
+                                     + (", all > 0." if name == "pixel_std" else "."))
+        vectors[name] = vector
+    model = {**model, "nonlocal_blocks": tuple(model["nonlocal_blocks"])}
+    return {"image_size": (int(image_size[0]), int(image_size[1])), **vectors, "num_classes": int(num_classes),
+            "model": model}
+
+
+def abstract_variables(model_config, num_classes: int) -> dict:
+    """Shapes and dtypes of {"params", "batch_stats"} of build_agw_network(model_config, num_classes), unallocated.
+
+    No variable's shape depends on the image size, so a 32x32 stand-in (enough for every stride) traces it.
+    """
+    network = build_agw_network(model_config, num_classes)
+    images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: network.init(jax.random.PRNGKey(0), x, train=False), images)
+    return flax.core.unfreeze(variables)
+
+
+def save_pretrained(directory, model_config, num_classes: int, variables: Mapping, *, image_size: tuple[int, int],
+                    pixel_mean: Sequence[float], pixel_std: Sequence[float]) -> None:
+    """Writes `directory` (atomically): an Orbax checkpoint of `variables` ({"params", "batch_stats"}) and
+    reid_model.json (format, the model config's MODEL_CONFIG_FIELDS, num_classes, image_size (height, width) and the
+    normalisation a deployment must repeat)."""
+    try:
+        model = _model_fields(model_config)
+    except (KeyError, AttributeError, TypeError, ValueError) as error:
+        raise AGWCheckpointError(f"model_config needs the fields {list(MODEL_CONFIG_FIELDS)} with integer / bool "
+                                 f"values ({error!r}).") from error
+    settings = _check_settings(model, num_classes, image_size, pixel_mean, pixel_std)
+    mismatches = pretrained.shape_mismatches(abstract_variables(ml_collections.ConfigDict(model), num_classes),
+                                             variables)
+    if mismatches:
+        raise AGWCheckpointError(
+            f"variables do not match the model config (given vs expected): {mismatches}. Pass the whole variables "
+            "dict {'params': ..., 'batch_stats': ...} of the network built from this config.")
+    document = {"format": CHECKPOINT_FORMAT, "model": model, "num_classes": settings["num_classes"],
+                "image_size": list(settings["image_size"]), "pixel_mean": list(settings["pixel_mean"]),
+                "pixel_std": list(settings["pixel_std"])}
+    with atomic_directory(directory) as staging:
+        pretrained.save_tree(staging / VARIABLES_DIR, variables)
+        atomic_write_text(staging / CONFIG_FILE, json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def load_settings(directory) -> dict:
+    """The settings stored in a save_pretrained directory: {"image_size": (h, w), "pixel_mean": (3,),
+    "pixel_std": (3,), "num_classes": int, "model": {MODEL_CONFIG_FIELDS}}."""
+    path = pathlib.Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise AGWCheckpointError(
+            f"{path} is missing: {directory} is not an AGW ReId model directory written by "
+            "anon_jax.models.agw.save_pretrained.")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AGWCheckpointError(f"{path}: not valid JSON ({error}); rewrite the directory with "
+                                 "anon_jax.models.agw.save_pretrained.") from error
+    found = document.get("format") if isinstance(document, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        raise AGWCheckpointError(
+            f"{path}: format {found!r}, expected {CHECKPOINT_FORMAT!r}; it was not written by "
+            "anon_jax.models.agw.save_pretrained (or by an incompatible version): save the model again.")
+    try:
+        model = document["model"]
+        unknown = sorted(set(model) - set(MODEL_CONFIG_FIELDS))
+        if unknown:
+            raise AGWCheckpointError(f"unknown model field(s) {unknown}")
+        return _check_settings({field: model[field] for field in MODEL_CONFIG_FIELDS}, document["num_classes"],
+                               document["image_size"], document["pixel_mean"], document["pixel_std"])
+    except KeyError as error:
+        raise AGWCheckpointError(f"{path}: field {error} is missing; rewrite the directory with "
+                                 "anon_jax.models.agw.save_pretrained.") from error
+    except (AttributeError, TypeError, AGWCheckpointError) as error:
+        raise AGWCheckpointError(f"{path}: not a valid AGW model description ({error}); rewrite the directory "
+                                 "with anon_jax.models.agw.save_pretrained.") from error
+
+
+def load_pretrained(directory, *, dtype: Any = jnp.float32) -> tuple[AGWNetwork, dict, dict]:
+    """(network computing in `dtype`, float32 {"params", "batch_stats"}, settings as load_settings) from a
+    save_pretrained directory."""
+    settings = load_settings(directory)
+    model_config = ml_collections.ConfigDict(settings["model"])
+    variables = pretrained.restore_saved(
+        pathlib.Path(directory).absolute() / VARIABLES_DIR, abstract_variables(model_config, settings["num_classes"]),
+        what="variables", config_file=CONFIG_FILE, error_class=AGWCheckpointError)
+    return build_agw_network(model_config, settings["num_classes"], dtype=dtype), variables, settings
