@@ -8,7 +8,8 @@ import pytest
 import torch
 from scipy.signal import convolve2d
 
-from anon_jax.metrics.image import ImageShapeError, mean_quality, mse, psnr, ssim, ssim_gaussian_1d
+from anon_jax.metrics.image import (ImageShapeError, batch_minmax, mean_quality, mse, psnr, recovery_quality, ssim,
+                                    ssim_gaussian_1d)
 from benchmarks.torch_models import torch_ssim as torch_ssim_reference
 
 
@@ -165,3 +166,64 @@ def test_zero_padded_ssim_matches_an_independent_reference():
     np.testing.assert_allclose(ssim(small, small, data_range=1.0, padding="zeros"), [1.0], rtol=1e-6)
     with pytest.raises(ValueError, match="padding='reflect'"):
         ssim(a, b, padding="reflect")
+
+
+def _piq_reference(x, y):
+    """piq 0.8's psnr / ssim (data range 1, valid 11x11 Gaussian windows) and the MSE, per image, in float64 NumPy,
+    images NHWC in [0, 1]."""
+    coords = np.arange(11, dtype=np.float64) - 5.0
+    window = np.exp(-(coords[:, None] ** 2 + coords[None, :] ** 2) / (2 * 1.5 ** 2))
+    window /= window.sum()
+
+    def blur(channel):  # valid correlation (the window is symmetric)
+        return convolve2d(channel, window, mode="valid")
+
+    psnrs, ssims, mses = [], [], []
+    for a, b in zip(np.asarray(x, np.float64), np.asarray(y, np.float64)):
+        error = np.mean((a - b) ** 2)
+        psnrs.append(-10 * np.log10(error + 1e-8))
+        mses.append(error)
+        maps = []
+        for c in range(a.shape[-1]):
+            mu_a, mu_b = blur(a[..., c]), blur(b[..., c])
+            var_a = blur(a[..., c] ** 2) - mu_a ** 2
+            var_b = blur(b[..., c] ** 2) - mu_b ** 2
+            cov = blur(a[..., c] * b[..., c]) - mu_a * mu_b
+            cs = (2 * cov + 0.03 ** 2) / (var_a + var_b + 0.03 ** 2)
+            maps.append(np.mean((2 * mu_a * mu_b + 0.01 ** 2) / (mu_a ** 2 + mu_b ** 2 + 0.01 ** 2) * cs))
+        ssims.append(np.mean(maps))
+    return np.asarray(psnrs), np.asarray(ssims), np.asarray(mses)
+
+
+def test_recovery_quality_clip_matches_piq_reference():
+    rng = np.random.default_rng(5)
+    targets = rng.uniform(0, 1, size=(5, 16, 14, 3))
+    predictions = np.clip(targets + rng.normal(0, 0.2, size=targets.shape), -0.3, 1.3)  # some outside [0, 1]
+    got = recovery_quality(predictions, targets, normalization="clip", batch_size=2)
+    psnr_ref, ssim_ref, mse_ref = _piq_reference(np.clip(predictions, 0, 1), targets)
+    np.testing.assert_allclose([got["PSNR"], got["SSIM"], got["MSE"]],
+                               [psnr_ref.mean(), ssim_ref.mean(), mse_ref.mean()], rtol=2e-5)
+    unclipped = _piq_reference(predictions, targets)[1].mean()
+    assert abs(got["SSIM"] - unclipped) > 1e-3  # the clip matters here
+
+
+def test_recovery_quality_batch_minmax_normalises_each_batch_tensor():
+    rng = np.random.default_rng(6)
+    targets = rng.normal(0.3, 1.0, size=(5, 12, 12, 3))
+    predictions = 0.5 * targets + rng.normal(0, 0.3, size=targets.shape)
+    got = recovery_quality(predictions, targets, normalization="batch_minmax", batch_size=2)
+    sums = np.zeros(3)
+    for start in range(0, 5, 2):
+        a, b = predictions[start:start + 2], targets[start:start + 2]
+        a, b = (a - a.min()) / (a.max() - a.min()), (b - b.min()) / (b.max() - b.min())
+        sums += [values.sum() for values in _piq_reference(a, b)]
+    np.testing.assert_allclose([got["PSNR"], got["SSIM"], got["MSE"]], sums / 5, rtol=2e-5)
+    # The batch size changes the result (each batch has its own range).
+    assert recovery_quality(predictions, targets, normalization="batch_minmax", batch_size=5)["SSIM"] != got["SSIM"]
+
+
+def test_batch_minmax_by_hand_and_constant_batches():
+    np.testing.assert_allclose(batch_minmax(np.array([[[[2.0]]], [[[4.0]]], [[[3.0]]]])).ravel(), [0.0, 1.0, 0.5])
+    np.testing.assert_array_equal(batch_minmax(np.full((2, 3, 3, 1), 7.0)), 0.0)
+    with pytest.raises(ValueError, match="normalization"):
+        recovery_quality(np.zeros((1, 12, 12, 1)), np.zeros((1, 12, 12, 1)), normalization="zscore")

@@ -135,3 +135,47 @@ def mean_quality(predictions, targets, *, batch_size: int = 256) -> dict[str, fl
 @jax.jit
 def _quality_per_image(a, b):
     return mse(a, b), ssim(a, b, data_range=1.0), psnr(a, b, data_range=1.0)
+
+
+PIQ_PSNR_EPS = 1e-8  # piq.psnr: -10 log10(mse + 1e-8)
+QUALITY_NORMALIZATIONS = ("clip", "batch_minmax")
+
+
+def batch_minmax(images) -> jnp.ndarray:
+    """(x - min) / (max - min) with the min and max over the whole batch (PixelFade's recovery evaluation); a
+    constant batch maps to zeros."""
+    images = jnp.asarray(images, jnp.float32)
+    low, high = jnp.min(images), jnp.max(images)
+    span = high - low
+    return jnp.where(span > 0, (images - low) / jnp.where(span > 0, span, 1.0), 0.0)
+
+
+@jax.jit
+def _piq_batch(a, b):
+    errors = mse(a, b)
+    return -10 * jnp.log10(errors + PIQ_PSNR_EPS), ssim(a, b, data_range=1.0), errors
+
+
+def recovery_quality(predictions, targets, *, normalization: str = "clip", batch_size: int = 20) -> dict[str, float]:
+    """PixelFade's recovery-attack metrics of NHWC images against their originals: {"PSNR", "SSIM", "MSE"}.
+
+    Per batch of `batch_size`: "batch_minmax" (the original) maps each of the two tensors to [0, 1] with its own
+    batch-global min and max; "clip" takes both as [0, 1] pixels and clips the predictions to [0, 1]. Then piq's
+    PSNR per image (-10 log10(MSE + 1e-8), data range 1), piq's SSIM (11x11 Gaussian, sigma 1.5, valid windows, data
+    range 1, no down-sampling at Re-ID crop sizes) and the MSE, each a per-image mean; batch means are weighted by the
+    batch size as the original averages them (so only "batch_minmax" depends on `batch_size`).
+    """
+    if normalization not in QUALITY_NORMALIZATIONS:
+        raise ValueError(f"recovery_quality normalization={normalization!r}: use one of {QUALITY_NORMALIZATIONS}.")
+    totals = {"PSNR": 0.0, "SSIM": 0.0, "MSE": 0.0}
+    count = len(predictions)
+    for start in range(0, count, batch_size):
+        a = jnp.asarray(predictions[start:start + batch_size], jnp.float32)
+        b = jnp.asarray(targets[start:start + batch_size], jnp.float32)
+        if normalization == "batch_minmax":
+            a, b = batch_minmax(a), batch_minmax(b)
+        else:
+            a = jnp.clip(a, 0.0, 1.0)
+        for name, values in zip(totals, _piq_batch(a, b)):
+            totals[name] += float(jnp.sum(values))
+    return {name: total / count for name, total in totals.items()}
