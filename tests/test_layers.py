@@ -97,3 +97,30 @@ def test_conv_transpose_x2_matches_flax_and_torch(shape, use_bias):
     ours_grads = jax.grad(lambda v, x: loss(ours, v, x), argnums=(0, 1))(variables, x)
     flax_grads = jax.grad(lambda v, x: loss(flax_module, v, x), argnums=(0, 1))(variables, x)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), ours_grads, flax_grads)
+
+
+@pytest.mark.parametrize("shape, taps, stride, padding", [
+    ((2, 9, 7, 3), 3, 1, ((1, 1), (1, 1))), ((2, 9, 7, 3), 3, 2, ((1, 1), (1, 1))),
+    ((2, 10, 8, 4), 7, 2, ((3, 3), (3, 3))), ((2, 10, 8, 4), 1, 2, ((0, 0), (0, 0))),
+    ((2, 11, 8, 4), 4, 2, ((1, 2), (0, 1))), ((2, 6, 5, 3), 3, 1, "SAME")])
+def test_loop_friendly_conv_values_and_gradients_are_xla_convolution(shape, taps, stride, padding):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(taps, taps, shape[-1], 5)), jnp.float32)
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(jnp.sin(conv(x, k, (stride, stride), padding,
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+
+    expected = jax.value_and_grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, kernel)
+    got = jax.value_and_grad(loss(layers.loop_friendly_conv), (0, 1))(x, kernel)
+    for want, have in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got)):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5)
+
+
+def test_loop_friendly_conv_hands_dilated_convolutions_to_xla():
+    x = jnp.ones((1, 6, 6, 2))
+    kernel = jnp.ones((3, 3, 2, 1))
+    got = layers.loop_friendly_conv(x, kernel, (1, 1), "VALID", rhs_dilation=(2, 2),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert got.shape == (1, 2, 2, 1) and float(got[0, 0, 0, 0]) == 18.0

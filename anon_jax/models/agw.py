@@ -21,7 +21,7 @@ from anon_jax.convert import torchvision_resnet
 from anon_jax.files import atomic_directory, atomic_write_text
 from anon_jax.models import pretrained, reid
 from anon_jax.models.anonymizer import torch_default_bias_init, torch_default_kernel_init
-from anon_jax.models.layers import BatchNorm
+from anon_jax.models.layers import BatchNorm, loop_friendly_conv
 from anon_jax.validation import is_positive_int
 
 # AGW's `non_layers`: how many of each stage's last blocks are followed by a non-local block (2 in layer2, 3 in
@@ -52,6 +52,7 @@ class NonLocalBlock(nn.Module):
 
         def embed(name):
             return nn.Conv(self.inter_channels, (1, 1), kernel_init=torch_default_kernel_init,
+                           conv_general_dilated=loop_friendly_conv,
                            bias_init=torch_default_bias_init(channels), dtype=self.dtype, name=name)(x)
 
         theta = embed("theta").reshape(batch, positions, self.inter_channels)
@@ -60,7 +61,7 @@ class NonLocalBlock(nn.Module):
         # theta (phi^T g) equals (theta phi^T) g without the (N, N) affinity matrix.
         y = jnp.einsum("bni,bij->bnj", theta, jnp.einsum("bmi,bmj->bij", phi, g)) / positions
         y = y.reshape(batch, height, width, self.inter_channels)
-        w_y = nn.Conv(channels, (1, 1), kernel_init=torch_default_kernel_init,
+        w_y = nn.Conv(channels, (1, 1), kernel_init=torch_default_kernel_init, conv_general_dilated=loop_friendly_conv,
                       bias_init=torch_default_bias_init(self.inter_channels), dtype=self.dtype, name="w_conv")(y)
         w_y = BatchNorm(use_running_average=not train, scale_init=nn.initializers.zeros,
                         bias_init=nn.initializers.zeros, dtype=self.dtype, name="w_bn")(w_y)

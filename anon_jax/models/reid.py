@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from anon_jax.models.layers import BatchNorm
+from anon_jax.models.layers import BatchNorm, loop_friendly_conv
 from anon_jax.validation import is_positive_int
 
 
@@ -42,6 +42,8 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.
         kernel_init=kaiming_normal_fan_out,
         dtype=dtype,
         name=name,
+        # Same values; keeps input gradients fast inside loops (PixelFade's fori_loop on CPU).
+        conv_general_dilated=loop_friendly_conv,
     )
 
 
