@@ -1,5 +1,5 @@
 """Benchmark tools (timing on a scripted clock, XLA FLOP counts, result files) and --quick runs of the
-voxelisation and input-pipeline benchmarks, so the scripts keep working."""
+voxelisation, input-pipeline and PixelFade-protection benchmarks, so the scripts keep working."""
 
 import argparse
 import json
@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import common, input_pipeline, voxelization
+from benchmarks import common, input_pipeline, pixelfade_protection, voxelization
 
 
 class ScriptedClock:
@@ -102,3 +102,24 @@ def test_input_pipeline_quick(tmp_path):
     assert record["meta"]["config"] == "configs/eventreid.py:smoke"
     # The prepared data is reused by a second run (the marker holds the config it was made with).
     assert (tmp_path / "data" / input_pipeline.PREPARED_FILE).is_file()
+
+
+def test_pixelfade_protection_quick(tmp_path):
+    pixelfade_protection.main(["--quick", "--out", str(tmp_path)])
+    record = json.loads((tmp_path / "pixelfade_protection.json").read_text())
+    rows = {row["variant"]: row for row in record["rows"]}
+    compiled, python = rows[pixelfade_protection.COMPILED], rows[pixelfade_protection.PYTHON]
+    assert len(record["rows"]) == 2
+    for row in (compiled, python):
+        assert (row["case"], row["batch"], row["iterations"], row["size"]) == ("quick", 2, 6, "32x16")
+        for key in ("median_s", "images_per_s", "images_per_s_excl_compile", "first_call_s"):
+            assert positive(row[key]), (key, row)
+        assert row["images_per_s"] == pytest.approx(row["batch"] / row["median_s"])
+        assert 1 <= row["repeats"] <= common.QUICK_REPEATS
+        # Both variants computed the same images (the benchmark asserts it too, before timing).
+        assert 0 <= row["check_max_abs_diff"] <= 1e-4 and row["same_replacements"] is True
+        # The first call compiles: JAX reports compile time within it.
+        assert positive(row["first_call_compile_s"]) and row["first_call_compile_s"] < row["first_call_s"]
+    assert compiled["speedup_vs_python"] == pytest.approx(python["median_s"] / compiled["median_s"])
+    assert compiled["compile_in_call_s"] == 0  # later calls of the compiled function reuse its executable
+    assert record["meta"]["allclose_atol"] == 1e-4 and record["meta"]["check_iterations"] == 1

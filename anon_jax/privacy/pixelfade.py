@@ -12,7 +12,7 @@ The image x_p starts as the original x (in the ReId model's normalised space) an
 `constraint="image"` decides, and clamps, each image on its own, so an image's result does not depend on its
 batch-mates' losses (the replacement chunks still depend on its position in the batch).
 
-The whole loop is one compiled function (`lax.fori_loop`, vectorised over the batch); `protect_python_loop` is the
+The whole loop is one compiled function (`lax.fori_loop`, vectorised over the batch); `make_python_loop_fn` is the
 same algorithm as a per-iteration Python loop, kept as the reference for tests and the benchmark.
 """
 
@@ -119,14 +119,9 @@ def _bounds(images, valid, per_image: bool):
     return lo, hi
 
 
-def _iteration_fns(feature_fn: Callable, config, images, valid):
-    """The pieces one iteration is made of, shared by the compiled and the Python loop.
-
-    Returns (reference features f(x), clamp bounds, loss_and_grad(x_p) -> (per-image losses, decision losses,
-    features, gradient), update(x_p, m, g, met) -> (x_p, m)).
-    """
-    reference = jax.lax.stop_gradient(feature_fn(images))
-    lo, hi = _bounds(images, valid, config.constraint == "image")
+def _loss_and_grad_fn(feature_fn: Callable, config, reference, valid):
+    """x_p -> (per-image losses, decision losses, features, gradient) against the `reference` features of the
+    original images; shared by the compiled and the Python loop."""
     weights = valid.astype(jnp.float32)
     count = jnp.maximum(jnp.sum(weights), 1.0)
 
@@ -143,16 +138,23 @@ def _iteration_fns(feature_fn: Callable, config, images, valid):
         decision = per_image if config.constraint == "image" else jnp.sum(per_image) / count
         return per_image, decision, features, grad
 
-    def update(x, momentum, grad, met):
-        scale = _per_image_mean(jnp.abs(grad))[:, None, None, None]
-        # A zero gradient (a padded image, or features already exact) gives no step instead of 0 / 0.
-        grad = jnp.where(scale > 0, grad / jnp.where(scale > 0, scale, 1.0), 0.0)
-        momentum = config.momentum * momentum + grad
-        step = jnp.where(met, config.beta, config.beta_temp)
-        step = jnp.broadcast_to(step, (x.shape[0],))[:, None, None, None]
-        return jnp.clip(x - step * momentum, lo, hi), momentum
+    return loss_and_grad
 
-    return loss_and_grad, update
+
+def _update(config, bounds, x, momentum, grad, met):
+    """The constraint step: per-image normalised gradient, momentum, beta or beta_temp, clamp to `bounds`."""
+    scale = _per_image_mean(jnp.abs(grad))[:, None, None, None]
+    # A zero gradient (a padded image, or features already exact) gives no step instead of 0 / 0.
+    grad = jnp.where(scale > 0, grad / jnp.where(scale > 0, scale, 1.0), 0.0)
+    momentum = config.momentum * momentum + grad
+    step = jnp.where(met, config.beta, config.beta_temp)
+    step = jnp.broadcast_to(step, (x.shape[0],))[:, None, None, None]
+    return jnp.clip(x - step * momentum, *bounds), momentum
+
+
+def _start(feature_fn: Callable, config, images, valid):
+    """(reference features f(x), clamp bounds) of the original batch."""
+    return jax.lax.stop_gradient(feature_fn(images)), _bounds(images, valid, config.constraint == "image")
 
 
 def _replace(x, noise, chunks, step: jnp.ndarray, replace, config):
@@ -180,7 +182,8 @@ def protect(feature_fn: Callable, images, chunks, noise, config, valid=None) -> 
     """
     images = jnp.asarray(images, jnp.float32)
     valid = jnp.ones(images.shape[0], bool) if valid is None else jnp.asarray(valid, bool)
-    loss_and_grad, update = _iteration_fns(feature_fn, config, images, valid)
+    reference, bounds = _start(feature_fn, config, images, valid)
+    loss_and_grad = _loss_and_grad_fn(feature_fn, config, reference, valid)
     shape = _decision_shape(config, images.shape[0])
     last_replace_free = config.max_iter - config.repair_steps
 
@@ -190,7 +193,7 @@ def protect(feature_fn: Callable, images, chunks, noise, config, valid=None) -> 
         x = _replace(x, noise, chunks, step, replace, config)
         per_image, decision, features, grad = loss_and_grad(x)
         met = (decision < config.epsilon) & (step < last_replace_free)
-        x, momentum = update(x, momentum, grad, met)
+        x, momentum = _update(config, bounds, x, momentum, grad, met)
         replacements = replacements + jnp.broadcast_to(replace, replacements.shape).astype(jnp.int32)
         return x, momentum, met, features, per_image, replacements
 
@@ -206,25 +209,44 @@ def _feature_dim(feature_fn, images) -> int:
     return jax.eval_shape(feature_fn, jax.ShapeDtypeStruct(images.shape, jnp.float32)).shape[-1]
 
 
+def make_python_loop_fn(apply_fn: Callable, config) -> Callable:
+    """The same algorithm as `make_protect_fn`, one Python iteration at a time, as the original runs it: compiled
+    pieces per iteration (replacement + loss/gradient, update) and the constraint decision read back to the host.
+    Returns fn(variables, images, chunks, noise, valid) -> the same dictionary as `protect`."""
+    check_config(config)
+    start = jax.jit(lambda variables, images, valid: _start(functools.partial(apply_fn, variables), config, images,
+                                                            valid))
+
+    @jax.jit
+    def replace_and_gradient(variables, reference, valid, x, noise, chunks, step, replace):
+        x = _replace(x, noise, chunks, step, replace, config)
+        return (x, *_loss_and_grad_fn(functools.partial(apply_fn, variables), config, reference, valid)(x))
+
+    update = jax.jit(functools.partial(_update, config))
+
+    def fn(variables, images, chunks, noise, valid=None):
+        images = jnp.asarray(images, jnp.float32)
+        valid = jnp.ones(images.shape[0], bool) if valid is None else jnp.asarray(valid, bool)
+        reference, bounds = start(variables, images, valid)
+        x, momentum = images, jnp.zeros_like(images)
+        condition = np.ones(_decision_shape(config, images.shape[0]), bool)
+        replacements = np.zeros(images.shape[0], np.int64)
+        for step in range(config.max_iter):
+            replace = np.logical_or(step < config.warmup_iter, condition)
+            x, per_image, decision, features, grad = replace_and_gradient(
+                variables, reference, valid, x, noise, chunks, jnp.asarray(step), jnp.asarray(replace))
+            condition = np.logical_and(np.asarray(decision) < config.epsilon,
+                                       step < config.max_iter - config.repair_steps)
+            x, momentum = update(bounds, x, momentum, grad, jnp.asarray(condition))
+            replacements += np.broadcast_to(replace, replacements.shape)
+        return {"images": x, "features": features, "loss": per_image, "replacements": jnp.asarray(replacements)}
+
+    return fn
+
+
 def protect_python_loop(feature_fn: Callable, images, chunks, noise, config, valid=None) -> dict:
-    """The same algorithm as `protect`, one Python iteration at a time (a compiled loss/gradient per step and the
-    constraint decision read back to the host), as the original runs it; returns the same dictionary."""
-    images = jnp.asarray(images, jnp.float32)
-    valid = jnp.ones(images.shape[0], bool) if valid is None else jnp.asarray(valid, bool)
-    loss_and_grad, update = _iteration_fns(feature_fn, config, images, valid)
-    loss_and_grad, update = jax.jit(loss_and_grad), jax.jit(update)
-    x, momentum = images, jnp.zeros_like(images)
-    condition = np.ones(_decision_shape(config, images.shape[0]), bool)
-    replacements = np.zeros(images.shape[0], np.int64)
-    for step in range(config.max_iter):
-        replace = np.logical_or(step < config.warmup_iter, condition)
-        x = _replace(x, noise, chunks, jnp.asarray(step), jnp.asarray(replace), config)
-        per_image, decision, features, grad = loss_and_grad(x)
-        condition = np.logical_and(np.asarray(decision) < config.epsilon,
-                                   step < config.max_iter - config.repair_steps)
-        x, momentum = update(x, momentum, grad, jnp.asarray(condition))
-        replacements += np.broadcast_to(replace, replacements.shape)
-    return {"images": x, "features": features, "loss": per_image, "replacements": jnp.asarray(replacements)}
+    """`make_python_loop_fn` for a feature function of the images alone (compiled afresh on every call)."""
+    return make_python_loop_fn(lambda _, x: feature_fn(x), config)(None, images, chunks, noise, valid)
 
 
 def make_protect_fn(apply_fn: Callable, config) -> Callable:
