@@ -25,6 +25,7 @@ METHODS = {
     "event_anonymization": "anon_jax.methods.event_anonymization",
     "anonynoise": "anon_jax.methods.anonynoise",
     "privacy_reid": "anon_jax.methods.privacy_reid",
+    "pixelfade": "anon_jax.methods.pixelfade",
 }
 
 FLAGS = flags.FLAGS

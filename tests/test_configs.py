@@ -11,6 +11,8 @@ import configs.anonynoise_eventreidv2 as anonynoise_eventreidv2
 import configs.anonynoise_see as anonynoise_see
 import configs.eventreid as eventreid
 import configs.eventreid_baseline as eventreid_baseline
+import configs.pixelfade as pixelfade
+import configs.pixelfade_market1501 as pixelfade_market1501
 import configs.privacy_reid as privacy_reid
 import configs.privacy_reid_market1501 as privacy_reid_market1501
 
@@ -19,7 +21,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_SOURCES = sorted((REPO / "configs").glob("*.py")) + [
     REPO / "anon_jax" / path
     for path in ("data/datasets.py", "data/synthetic.py", "data/reconstruction_sequences.py", "training/optim.py",
-                 "models/anonymizer.py", "data/image_data.py", "data/synthetic_images.py", "privacy/desensitize.py")
+                 "models/anonymizer.py", "data/image_data.py", "data/synthetic_images.py", "privacy/desensitize.py",
+                 "privacy/pixelfade.py")
 ]
 
 
@@ -161,3 +164,32 @@ def test_privacy_reid_market1501_has_the_published_settings(kind, parameter, val
         True, 5, 1.0, 0.05, 0.75)
     with pytest.raises(ValueError, match="variant"):
         privacy_reid_market1501.get_config("pixelate")
+
+
+@pytest.mark.parametrize("variant", [None, "smoke", "paper"])
+def test_pixelfade_variants_build(variant):
+    config = pixelfade.get_config(variant)
+    assert config.method == "pixelfade" and not config.data.validation_split
+    for levels in (config.attack.num_downs, config.generator.num_downs):
+        assert config.data.height % 2**levels == 0 and config.data.width % 2**levels == 0
+
+
+@pytest.mark.parametrize("dataset, name, beta_temp", [(None, "market1501", 0.04), ("cuhk03", "cuhk03_detected", 0.02),
+                                                      ("msmt17", "msmt17", 0.04)])
+def test_pixelfade_real_dataset_configs_hold_the_published_settings(dataset, name, beta_temp):
+    config = pixelfade_market1501.get_config(dataset)
+    assert (config.data.name, config.data.height, config.data.width) == (name, 256, 128)
+    assert tuple(config.data.pixel_std) == (0.229, 0.224, 0.225)
+    fade = config.pixelfade
+    assert (fade.max_iter, fade.fade_num_iter, fade.warmup_iter, fade.batch_size) == (100, 5, 5, 20)
+    assert (fade.beta, fade.beta_temp, fade.momentum, fade.epsilon) == (0.01, beta_temp, 0.6, 0.03)
+    assert (fade.constraint, fade.feature) == ("batch", "pre_update")
+    assert (config.model.depth, config.model.last_stride, config.model.nonlocal_one_channel) == (50, 1, True)
+    assert tuple(config.baseline.reid_optimizer.boundaries_epochs) == (40, 70)
+    attack = config.attack
+    assert (attack.num_downs, attack.ngf, attack.batch_size, attack.num_epochs) == (7, 64, 20, 100)
+    assert (attack.optimizer.name, attack.optimizer.learning_rate, attack.optimizer.schedule) == ("adam", 1e-3,
+                                                                                                 "constant")
+    assert (attack.target, attack.metric_normalization) == ("normalized", "batch_minmax")
+    with pytest.raises(ValueError, match="variant"):
+        pixelfade_market1501.get_config("dukemtmc")

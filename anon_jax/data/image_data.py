@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from anon_jax.data import image_reid, synthetic_images
+from anon_jax.data import image_augment, image_reid, synthetic_images
 from anon_jax.files import atomic_write_text
 
 NAMES = ("synthetic", "market1501", "msmt17", "cuhk03_detected", "cuhk03_labeled")
@@ -36,6 +36,9 @@ def image_data_config() -> ml_collections.ConfigDict:
     data.val_fraction = 0.2  # fraction of the sorted train images that become validation images
     data.val_query_fraction = 0.2  # fraction of the validation images that become validation queries
     data.split_seed = 0  # seed of the query/gallery draw of the validation images (the original is unseeded)
+    # Network inputs are (pixels / 255 - mean) / std: privacy-reid's std 0.5 by default; AGW/PixelFade: ImageNet's.
+    data.pixel_mean = image_augment.PIXEL_MEAN  # per-channel mean (RGB)
+    data.pixel_std = image_augment.PIXEL_STD  # per-channel standard deviation (RGB)
     data.synthetic = synthetic_images.synthetic_images_config()  # the embedded dataset's generator settings
     return data
 

@@ -83,7 +83,7 @@ def build_networks(config, num_classes: int, dtype) -> dict:
             "recovery": unet(), "disc_anonymizer": patch(), "disc_recovery": patch()}
 
 
-def _init(module, rng, shape):
+def init_variables(module, rng, shape):
     # Jitted: un-jitted init dispatches every initialiser separately and is slow on CPU.
     variables = jax.jit(functools.partial(module.init, train=False))({"params": rng, "dropout": rng},
                                                                      jnp.zeros((1, *shape), jnp.float32))
@@ -93,25 +93,25 @@ def _init(module, rng, shape):
 
 def init_reid(config, net, image_shape, rng):
     """AGW variables, the ResNet trunk from config.model.imagenet_weights (a local torchvision .pth) when set."""
-    variables = _init(net, rng, image_shape)
+    variables = init_variables(net, rng, image_shape)
     if config.model.imagenet_weights:
         state_dict = torchvision_resnet.read_state_dict(config.model.imagenet_weights)
         variables = agw.imagenet_agw_variables(variables, state_dict)
     return variables
 
 
-def _trainable(variables, tx):
+def trainable(variables, tx):
     return {**variables, "opt_state": tx.init(variables["params"])}
 
 
-def _apply_train(net, variables, x, key=None):
+def apply_train(net, variables, x, key=None):
     """Train-mode output and the updated batch statistics."""
     rngs = {"dropout": key} if key is not None else {}
     outputs, updates = net.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])
     return outputs, updates["batch_stats"]
 
 
-def _update(tx, part, grads, batch_stats):
+def update_part(tx, part, grads, batch_stats):
     updates, opt_state = tx.update(grads, part["opt_state"], part["params"])
     return {"params": optax.apply_updates(part["params"], updates), "batch_stats": batch_stats,
             "opt_state": opt_state}
@@ -134,36 +134,51 @@ def _centre_update(config, centres, grads):
     return centres - config.loss.centre_lr * grads / config.loss.centre_weight
 
 
-def _training_views(config, key, raw):
+def normalize(config, pixels):
+    """Network input of [0, 255] pixels: (pixels / 255 - config.data.pixel_mean) / config.data.pixel_std."""
+    return image_augment.normalize(pixels, tuple(config.data.pixel_mean), tuple(config.data.pixel_std))
+
+
+def to_unit(config, normalized):
+    """[0, 1] pixels of network inputs or outputs (the original's de-normalisation: not clipped)."""
+    return image_augment.denormalize(normalized, tuple(config.data.pixel_mean), tuple(config.data.pixel_std)) / 255.0
+
+
+def _training_views(config, key, raw, desensitized: bool = True):
     """(O, M) normalised and augmented with shared random choices; M is the classical desensitisation of the raw
-    8-bit pixels (noise drawn afresh every step, as the original draws it in every __getitem__)."""
+    8-bit pixels (noise drawn afresh every step, as the original draws it in every __getitem__), or with
+    `desensitized=False` O again (a plain AGW on raw images)."""
     desensitize_key, augment_key = jax.random.split(key)
-    desensitized = desensitize_lib.desensitize(raw, config.desensitize, desensitize_key)
-    return image_augment.augment_pair(augment_key, raw, desensitized, pad=config.train.pad,
-                                      erase_prob=config.train.erase_prob)
+    target = desensitize_lib.desensitize(raw, config.desensitize, desensitize_key) if desensitized else raw
+    return image_augment.augment_pair(augment_key, raw, target, pad=config.train.pad,
+                                      erase_prob=config.train.erase_prob, mean=tuple(config.data.pixel_mean),
+                                      std=tuple(config.data.pixel_std))
 
 
 # ---------------------------------------------------------------------------------------------- baseline (C)
-def make_baseline_step(config, nets, txs):
-    """Mode "C": the AGW network on the raw and on the desensitised batch (two forward passes, one update)."""
+def make_baseline_step(config, nets, txs, *, desensitized: bool = True):
+    """Mode "C": the AGW network on the raw and on the desensitised batch (two forward passes, one update); with
+    `desensitized=False` on the raw batch alone (the plain AGW recipe; reid_desensitized is then 0)."""
     net = nets["reid"]
 
     def train_step(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
-        raw, desensitized = _training_views(config, rng, batch["images"])
+        raw, desensitized_view = _training_views(config, rng, batch["images"], desensitized)
         labels = batch["labels"]
         reid = state["reid"]
 
         def loss_fn(params, centres):
-            out_raw, stats = _apply_train(net, {"params": params, "batch_stats": reid["batch_stats"]}, raw)
-            out_des, stats = _apply_train(net, {"params": params, "batch_stats": stats}, desensitized)
+            out_raw, stats = apply_train(net, {"params": params, "batch_stats": reid["batch_stats"]}, raw)
             loss_raw, accuracy = reid_loss(config, out_raw, labels, centres)
-            loss_des, _ = reid_loss(config, out_des, labels, centres)
+            loss_des = jnp.zeros_like(loss_raw)
+            if desensitized:
+                out_des, stats = apply_train(net, {"params": params, "batch_stats": stats}, desensitized_view)
+                loss_des, _ = reid_loss(config, out_des, labels, centres)
             return loss_raw + loss_des, (stats, loss_raw, loss_des, accuracy)
 
         grads, (stats, loss_raw, loss_des, accuracy) = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
             reid["params"], state["centres"])
-        new_state = {**state, "step": state["step"] + 1, "reid": _update(txs["reid"], reid, grads[0], stats),
+        new_state = {**state, "step": state["step"] + 1, "reid": update_part(txs["reid"], reid, grads[0], stats),
                      "centres": _centre_update(config, state["centres"], grads[1])}
         metrics = BaselineMetrics.single_from_model_output(loss=loss_raw + loss_des, reid_raw=loss_raw,
                                                            reid_desensitized=loss_des, accuracy=accuracy)
@@ -196,10 +211,10 @@ def make_full_step(config, nets, txs):
             upgraded, lambda: generator.apply(state["snapshot"], raw, train=False), lambda: classical))
         g_part, r_part, reid = state["generator"], state["recovery"], state["reid"]
         protected, g_vjp, g_stats = jax.vjp(
-            lambda p: _apply_train(generator, {"params": p, "batch_stats": g_part["batch_stats"]}, raw, g_key),
+            lambda p: apply_train(generator, {"params": p, "batch_stats": g_part["batch_stats"]}, raw, g_key),
             g_part["params"], has_aux=True)
         recovered, r_vjp, r_stats = jax.vjp(
-            lambda p, x: _apply_train(recovery, {"params": p, "batch_stats": r_part["batch_stats"]}, x, r_key),
+            lambda p, x: apply_train(recovery, {"params": p, "batch_stats": r_part["batch_stats"]}, x, r_key),
             r_part["params"], protected, has_aux=True)
 
         # Discriminators: fake pairs on the detached images, then real pairs (D2's real pair is (P, O)).
@@ -207,8 +222,8 @@ def make_full_step(config, nets, txs):
         d_parts = {"disc_anonymizer": state["disc_anonymizer"], "disc_recovery": state["disc_recovery"]}
 
         def pair_loss(net, params, batch_stats, fake, real):
-            fake_logits, batch_stats = _apply_train(net, {"params": params, "batch_stats": batch_stats}, fake)
-            real_logits, batch_stats = _apply_train(net, {"params": params, "batch_stats": batch_stats}, real)
+            fake_logits, batch_stats = apply_train(net, {"params": params, "batch_stats": batch_stats}, fake)
+            real_logits, batch_stats = apply_train(net, {"params": params, "batch_stats": batch_stats}, real)
             return pix2pix.gan_loss(fake_logits, False) + pix2pix.gan_loss(real_logits, True), batch_stats
 
         def d_loss(params):
@@ -221,20 +236,20 @@ def make_full_step(config, nets, txs):
 
         d_grads, (d_stats, d_loss_1, d_loss_2) = jax.grad(d_loss, has_aux=True)(
             {name: part["params"] for name, part in d_parts.items()})
-        d_new = {name: _update(txs[name], part, d_grads[name], d_stats[name]) for name, part in d_parts.items()}
+        d_new = {name: update_part(txs[name], part, d_grads[name], d_stats[name]) for name, part in d_parts.items()}
 
         def generator_loss(protected, recovered, reid_params, centres):
-            adv_1, stats_1 = _apply_train(d_anon, {"params": d_new["disc_anonymizer"]["params"],
+            adv_1, stats_1 = apply_train(d_anon, {"params": d_new["disc_anonymizer"]["params"],
                                                    "batch_stats": d_new["disc_anonymizer"]["batch_stats"]},
                                           jnp.concatenate([raw, protected], -1))
-            adv_2, stats_2 = _apply_train(d_rec, {"params": d_new["disc_recovery"]["params"],
+            adv_2, stats_2 = apply_train(d_rec, {"params": d_new["disc_recovery"]["params"],
                                                   "batch_stats": d_new["disc_recovery"]["batch_stats"]},
                                           jnp.concatenate([protected, recovered], -1))
             gan = pix2pix.gan_loss(adv_1, True) + pix2pix.gan_loss(adv_2, True)
             l1_protected = jnp.mean(jnp.abs(protected - target))
             l1_recovered = jnp.mean(jnp.abs(recovered - raw))
-            out_raw, c_stats = _apply_train(reid_net, {"params": reid_params, "batch_stats": reid["batch_stats"]}, raw)
-            out_protected, c_stats = _apply_train(reid_net, {"params": reid_params, "batch_stats": c_stats},
+            out_raw, c_stats = apply_train(reid_net, {"params": reid_params, "batch_stats": reid["batch_stats"]}, raw)
+            out_protected, c_stats = apply_train(reid_net, {"params": reid_params, "batch_stats": c_stats},
                                                   protected)
             reid_raw, accuracy = reid_loss(config, out_raw, labels, centres)
             reid_protected, _ = reid_loss(config, out_protected, labels, centres)
@@ -251,9 +266,9 @@ def make_full_step(config, nets, txs):
         (grad_g_params,) = g_vjp(grad_protected + grad_protected_via_r)
         new_state = {
             **state, "step": state["step"] + 1,
-            "generator": _update(txs["generator"], g_part, grad_g_params, g_stats),
-            "recovery": _update(txs["recovery"], r_part, grad_r_params, r_stats),
-            "reid": _update(txs["reid"], reid, grad_reid, stats["reid"]),
+            "generator": update_part(txs["generator"], g_part, grad_g_params, g_stats),
+            "recovery": update_part(txs["recovery"], r_part, grad_r_params, r_stats),
+            "reid": update_part(txs["reid"], reid, grad_reid, stats["reid"]),
             "centres": _centre_update(config, state["centres"], grad_centres),
             **{name: {**d_new[name], "batch_stats": stats[name]} for name in d_parts},
         }
@@ -296,27 +311,24 @@ def make_eval_batch(config, nets, mode: str):
     def desensitize_one(image, index):  # the noise of an image depends on its index only, not on the batch
         return desensitize_lib.desensitize(image[None], config.desensitize, jax.random.fold_in(noise_key, index))[0]
 
-    def to_unit(normalized):  # the original's de-normalisation for the privacy metrics: not clipped
-        return image_augment.denormalize(normalized) / 255.0
-
     def quality(images, raw_unit):
         return {"mse": image_metrics.mse(images, raw_unit),
                 "ssim": image_metrics.ssim(images, raw_unit, data_range=1.0, padding="zeros")}
 
     def fn(variables, batch):
         pixels = batch["images"]
-        raw = image_augment.normalize(pixels)
+        raw = normalize(config, pixels)
         raw_unit = pixels.astype(jnp.float32) / 255.0
         desensitized = jax.vmap(desensitize_one)(pixels, batch["index"])
         outputs = {"desensitized": quality(desensitized.astype(jnp.float32) / 255.0, raw_unit)}
         if mode == "GCR":
             protected = generator.apply(variables["generator"], raw, train=False)
             recovered = recovery.apply(variables["recovery"], protected, train=False)
-            outputs["protected"] = quality(to_unit(protected), raw_unit)
-            outputs["recovered"] = quality(to_unit(recovered), raw_unit)
+            outputs["protected"] = quality(to_unit(config, protected), raw_unit)
+            outputs["recovered"] = quality(to_unit(config, recovered), raw_unit)
             outputs["images"] = {"protected": protected, "recovered": recovered}
         else:
-            protected = image_augment.normalize(desensitized)
+            protected = normalize(config, desensitized)
             outputs["protected"] = outputs["desensitized"]
         outputs["embed"] = {"raw": reid_net.apply(variables["reid"], raw, train=False),
                             "protected": reid_net.apply(variables["reid"], protected, train=False)}
@@ -392,7 +404,7 @@ def init_baseline_state(config, nets, txs, image_shape, num_classes: int) -> dic
     """Step 0 of mode "C": the AGW network, its optimizer state and the centre-loss centres."""
     rng = jax.random.key(config.seed)
     reid = init_reid(config, nets["reid"], image_shape, rng)
-    return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.fold_in(rng, 1), "reid": _trainable(reid, txs["reid"]),
+    return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.fold_in(rng, 1), "reid": trainable(reid, txs["reid"]),
             "centres": losses.initial_centres(jax.random.fold_in(rng, 2), num_classes, agw_feature_dim(config))}
 
 
@@ -404,12 +416,12 @@ def init_full_state(config, nets, txs, image_shape, num_classes: int, *, snapsho
     rng = jax.random.key(config.seed + 1)
     pair_shape = (*image_shape[:2], 2 * image_shape[2])
     variables = {"reid": reid_variables or init_reid(config, nets["reid"], image_shape, rng),
-                 "generator": _init(nets["generator"], jax.random.fold_in(rng, 1), image_shape),
-                 "recovery": _init(nets["recovery"], jax.random.fold_in(rng, 2), image_shape),
-                 "disc_anonymizer": _init(nets["disc_anonymizer"], jax.random.fold_in(rng, 3), pair_shape),
-                 "disc_recovery": _init(nets["disc_recovery"], jax.random.fold_in(rng, 4), pair_shape)}
+                 "generator": init_variables(nets["generator"], jax.random.fold_in(rng, 1), image_shape),
+                 "recovery": init_variables(nets["recovery"], jax.random.fold_in(rng, 2), image_shape),
+                 "disc_anonymizer": init_variables(nets["disc_anonymizer"], jax.random.fold_in(rng, 3), pair_shape),
+                 "disc_recovery": init_variables(nets["disc_recovery"], jax.random.fold_in(rng, 4), pair_shape)}
     return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.fold_in(rng, 5),
-            **{name: _trainable(variables[name], txs[name]) for name in FULL_NETWORKS},
+            **{name: trainable(variables[name], txs[name]) for name in FULL_NETWORKS},
             "centres": losses.initial_centres(jax.random.fold_in(rng, 6), num_classes, agw_feature_dim(config)),
             "snapshot": jax.tree_util.tree_map(jnp.copy, variables["generator"]),
             "upgrade": {"use_snapshot": jnp.asarray(False), "best_rank1": jnp.asarray(0.0, jnp.float32),
@@ -453,20 +465,23 @@ def fit(name: str, stage_dir: str, state, train_step, train: dict, config, secti
     return state
 
 
-def _variables(part) -> dict:
+def variables_of(part) -> dict:
     return {"params": part["params"], "batch_stats": part["batch_stats"]}
 
 
-def train_baseline(config, stage_dir: str, splits: dict, nets, *, mesh, tensorboard_dir: str):
-    """Mode "C"; returns (AGW variables, info with the validation raw->desensitised rank-1 when validating)."""
+def train_baseline(config, stage_dir: str, splits: dict, nets, *, mesh, tensorboard_dir: str,
+                   desensitized: bool = True, name: str = "baseline"):
+    """Mode "C" (with `desensitized=False`: AGW on raw images alone), logged as `name`; returns (AGW variables, info with the
+    validation raw->desensitised rank-1 when validating)."""
     train = splits["train"]
     epoch_starts = pipeline.epoch_start_steps(_sampler(config, train["labels"]), config.baseline.num_epochs)
     txs = _optimizers(config.baseline, BASELINE_NETWORKS, epoch_starts)
     state = init_baseline_state(config, nets, txs, train["images"].shape[1:], int(train["labels"].max()) + 1)
     started = time.perf_counter()
-    state = fit("baseline", stage_dir, state, make_baseline_step(config, nets, txs), train, config, config.baseline,
+    state = fit(name, stage_dir, state, make_baseline_step(config, nets, txs, desensitized=desensitized),
+                train, config, config.baseline,
                 mesh=mesh, tensorboard_dir=tensorboard_dir, epoch_starts=epoch_starts)
-    variables = _variables(state["reid"])
+    variables = variables_of(state["reid"])
     info = {"num_steps": int(epoch_starts[-1]), "seconds": round(time.perf_counter() - started, 1)}
     if "val_query" in splits:
         info["validation"] = validate(config, make_eval_batch(config, nets, "C"), {"reid": variables}, splits,
@@ -517,7 +532,7 @@ def train_full(config, stage_dir: str, splits: dict, nets, *, min_rank1: float, 
         current = jax.device_get(state["upgrade"])
         if int(current["validated_at"]) >= step:
             return state  # validated before a restart: the checkpoint already holds the decision
-        metrics = validate(config, eval_batch, {name: _variables(state[name]) for name in ("reid", "generator",
+        metrics = validate(config, eval_batch, {name: variables_of(state[name]) for name in ("reid", "generator",
                                                                                             "recovery")},
                            splits, mesh=mesh)
         decision = upgrade_decision({key: float(current[key]) for key in ("best_rank1", "snapshot_rank1")},
@@ -537,7 +552,7 @@ def train_full(config, stage_dir: str, splits: dict, nets, *, min_rank1: float, 
         state = {**state, "upgrade": mesh_lib.replicate(new_upgrade, mesh)}
         if decision["replace_snapshot"]:
             # A host copy: the snapshot must not share buffers with G, whose buffers the next step donates.
-            state["snapshot"] = mesh_lib.replicate(jax.device_get(_variables(state["generator"])), mesh)
+            state["snapshot"] = mesh_lib.replicate(jax.device_get(variables_of(state["generator"])), mesh)
         return state
 
     started = time.perf_counter()
@@ -545,7 +560,7 @@ def train_full(config, stage_dir: str, splits: dict, nets, *, min_rank1: float, 
     state = fit("full", stage_dir, state, make_full_step(config, nets, txs), train, config, config.full, mesh=mesh,
                 tensorboard_dir=tensorboard_dir, epoch_starts=epoch_starts, boundaries=boundaries,
                 on_boundary=on_boundary)
-    trained = {name: _variables(state[name]) for name in ("reid", "generator", "recovery")}
+    trained = {name: variables_of(state[name]) for name in ("reid", "generator", "recovery")}
     info = {"num_steps": int(epoch_starts[-1]), "seconds": round(time.perf_counter() - started, 1),
             "min_rank1": min_rank1, "boundaries": boundaries, "validations": records}
     return trained, info
@@ -580,9 +595,8 @@ def grid_examples(config, nets, variables, query: dict, *, mesh, count: int = 6)
     noise_key = jax.random.key(config.seed + 7)
     desensitized = np.stack([np.asarray(desensitize_lib.desensitize(
         pixels[i:i + 1], config.desensitize, jax.random.fold_in(noise_key, i)))[0] for i in range(len(pixels))])
-    unit = lambda normalized: np.asarray(image_augment.denormalize(normalized)) / 255.0  # noqa: E731
     return {"raw": pixels / 255.0, "desensitized": desensitized / 255.0,
-            "protected": unit(outputs["images"]["protected"]), "recovered": unit(outputs["images"]["recovered"])}
+            **{kind: np.asarray(to_unit(config, outputs["images"][kind])) for kind in ("protected", "recovered")}}
 
 
 # ------------------------------------------------------------------------------------------------------- driver
