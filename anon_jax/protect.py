@@ -25,7 +25,6 @@ from anon_jax.models import agw
 from anon_jax.privacy import pixelfade
 from anon_jax.progress import ProgressBar
 
-WORKDIR_SUBDIR = "authorization_model"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 REPORT_FILE = "protect.json"
 REPORT_FORMAT = "anon_jax.protect/1"
@@ -41,11 +40,11 @@ class ProtectError(ValueError):
 def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
     """The save_pretrained directory: `path` itself or `path/authorization_model` of a main-job workdir."""
     path = pathlib.Path(path)
-    for candidate in (path, path / WORKDIR_SUBDIR):
+    for candidate in (path, path / agw.WORKDIR_EXPORT):
         if (candidate / agw.CONFIG_FILE).is_file():
             return candidate
     raise agw.AGWCheckpointError(
-        f"{path}: neither {path / agw.CONFIG_FILE} nor {path / WORKDIR_SUBDIR / agw.CONFIG_FILE} exists; pass a "
+        f"{path}: neither {path / agw.CONFIG_FILE} nor {path / agw.WORKDIR_EXPORT / agw.CONFIG_FILE} exists; pass a "
         "workdir whose authorization model finished training or a directory written by "
         "anon_jax.models.agw.save_pretrained.")
 

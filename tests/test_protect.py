@@ -40,7 +40,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("protect")
     workdir = root / "workdir"
     variables = random_variables(tiny_model_config(), 5)
-    agw.save_pretrained(workdir / protect.WORKDIR_SUBDIR, tiny_model_config(), 5, variables, image_size=IMAGE_SIZE, pixel_mean=MEAN, pixel_std=STD)
+    agw.save_pretrained(workdir / agw.WORKDIR_EXPORT, tiny_model_config(), 5, variables, image_size=IMAGE_SIZE, pixel_mean=MEAN, pixel_std=STD)
     images = root / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
@@ -68,7 +68,7 @@ def first_run(setup):
 
 def expected_batches(workdir):
     """PixelFade called directly on the normalised batches, as the command should call it."""
-    network, variables, settings = agw.load_pretrained(workdir / protect.WORKDIR_SUBDIR)
+    network, variables, settings = agw.load_pretrained(workdir / agw.WORKDIR_EXPORT)
     config = pixelfade.pixelfade_config()
     config.max_iter, config.batch_size, config.seed, config.epsilon = 3, 2, 7, 0.05
     fn = pixelfade.make_protect_fn(functools.partial(network.apply, train=False), config)
@@ -141,7 +141,7 @@ def test_report(setup, first_run):
     root, workdir, images = setup
     report = json.loads((first_run[3] / "protect.json").read_text())
     assert report["format"] == "anon_jax.protect/1"
-    assert report["checkpoint"] == str((workdir / protect.WORKDIR_SUBDIR).absolute())
+    assert report["checkpoint"] == str((workdir / agw.WORKDIR_EXPORT).absolute())
     assert report["images_dir"] == str(images.absolute())
     assert report["image_size"] == [32, 16] and report["count"] == 3
     assert report["pixel_mean"] == list(MEAN) and report["pixel_std"] == list(STD)
@@ -160,7 +160,7 @@ def test_rerun_with_overwrite_is_identical(setup, first_run, capsys):
     code, err = run(["--reid-checkpoint", workdir, "--images", images, "--out", out, *FLAGS], capsys)
     assert code == 2 and f"{out}: the output folder is not empty" in err and "--overwrite" in err
     assert err.count("\n") == 1 and "Traceback" not in err
-    code, err = run(["--reid-checkpoint", workdir / protect.WORKDIR_SUBDIR, "--images", images, "--out", out,
+    code, err = run(["--reid-checkpoint", workdir / agw.WORKDIR_EXPORT, "--images", images, "--out", out,
                      "--overwrite", *FLAGS], capsys)
     assert code == 0, err
     for stem in "abc":
@@ -227,5 +227,5 @@ def test_folder_checks(setup, tmp_path):
     with pytest.raises(protect.ProtectError, match="exists and is not a folder"):
         protect.protect_folder(workdir, images, tmp_path / "file", config)
     assert protect.list_images(images) == [images / name for name in NAMES]
-    assert protect.resolve_checkpoint(workdir) == workdir / protect.WORKDIR_SUBDIR
-    assert protect.resolve_checkpoint(workdir / protect.WORKDIR_SUBDIR) == workdir / protect.WORKDIR_SUBDIR
+    assert protect.resolve_checkpoint(workdir) == workdir / agw.WORKDIR_EXPORT
+    assert protect.resolve_checkpoint(workdir / agw.WORKDIR_EXPORT) == workdir / agw.WORKDIR_EXPORT

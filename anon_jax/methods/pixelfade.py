@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 from clu import metrics as clu_metrics
 
-from anon_jax.data import image_data, pipeline
+from anon_jax.data import pipeline
 from anon_jax.files import atomic_write_text
 from anon_jax.methods import privacy_reid
 from anon_jax.metrics import image as image_metrics
@@ -46,7 +46,6 @@ from anon_jax.training.loop import create_writer, train_loop
 from anon_jax.training.stages import run_stage, run_training_stage
 
 METHODS = ("pixelfade", "mosaic", "blur", "noise", "reversible")
-AUTHORIZATION_EXPORT = "authorization_model"  # inside the workdir: the model `anon_jax.protect` reads
 ATTACK_TARGETS = ("unit", "normalized")
 GRID_FILE = "pixelfade_grid.png"
 PROGRESS_FILE = "progress.json"  # inside the protect stage: images finished per split
@@ -81,7 +80,7 @@ def authorization_model(config, workdir: str, splits: dict, nets: dict, *, mesh,
                                            desensitized=False, name="authorization")
 
     variables, info = run_training_stage(workdir, "authorization", train)
-    export = os.path.join(workdir, AUTHORIZATION_EXPORT)
+    export = os.path.join(workdir, agw.WORKDIR_EXPORT)
     if not os.path.isdir(export):
         multihost.primary_only("authorization export", lambda: agw.save_pretrained(
             export, config.model, nets["reid"].num_classes, jax.device_get(variables),
@@ -398,10 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = mesh_lib.make_mesh(config.mesh_shape)
     dtype = precision.compute_dtype(config.compute_dtype)
     tensorboard_dir = f"{workdir}/tensorboard"
-    data_info = run_stage(workdir, "data", lambda stage_dir: image_data.prepare(config.data, stage_dir),
-                          primary_only=True)
-    splits = image_data.load_prepared(data_info)
-    num_classes = int(splits["train"]["labels"].max()) + 1
+    data_info, splits, num_classes = privacy_reid.prepare_data(config, workdir)
     nets = privacy_reid.build_networks(config, num_classes, dtype)
     common = {"mesh": mesh, "tensorboard_dir": tensorboard_dir}
     net, variables, authorization_info = authorization_model(config, workdir, splits, nets, **common)

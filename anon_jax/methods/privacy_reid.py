@@ -631,16 +631,21 @@ def _report_rows(results: dict, quality: dict) -> dict:
     return row
 
 
+def prepare_data(config, workdir: str):
+    """Stage "data" of the pedestrian-image methods: (stage info, splits, number of training identities)."""
+    data_info = run_stage(workdir, "data", lambda stage_dir: image_data.prepare(config.data, stage_dir),
+                          primary_only=True)
+    splits = image_data.load_prepared(data_info)
+    return data_info, splits, int(splits["train"]["labels"].max()) + 1
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs every stage in `workdir` (skipping finished ones) and writes the report."""
     _check_config(config)
     mesh = mesh_lib.make_mesh(config.mesh_shape)
     dtype = precision.compute_dtype(config.compute_dtype)
     tensorboard_dir = f"{workdir}/tensorboard"
-    data_info = run_stage(workdir, "data", lambda stage_dir: image_data.prepare(config.data, stage_dir),
-                          primary_only=True)
-    splits = image_data.load_prepared(data_info)
-    num_classes = int(splits["train"]["labels"].max()) + 1
+    data_info, splits, num_classes = prepare_data(config, workdir)
     logging.info("Data: %s, %d train images of %d identities, %s; images %s, desensitisation %s", data_info["dataset"],
                  len(splits["train"]["images"]), num_classes,
                  ", ".join(f"{len(split['images'])} {name}" for name, split in splits.items() if name != "train"),

@@ -218,6 +218,7 @@ def imagenet_agw_variables(variables: Mapping, state_dict: Mapping[str, np.ndarr
 
 
 # ---------------------------------------------------------------------------------------------- save / load
+WORKDIR_EXPORT = "authorization_model"  # a main job's saved AGW inside its workdir (PixelFade)
 CONFIG_FILE = "reid_model.json"
 VARIABLES_DIR = "variables"
 CHECKPOINT_FORMAT = "anon_jax.models.agw/1"
