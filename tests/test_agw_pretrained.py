@@ -118,7 +118,7 @@ def test_missing_json(tmp_path):
 def test_wrong_format_tag(saved, tmp_path):
     directory, path = broken_copy(saved, tmp_path, lambda d: {**d, "format": "anon_jax.models.anonymizer/1"})
     with pytest.raises(agw.AGWCheckpointError, match=rf"{path}: format 'anon_jax.models.anonymizer/1', expected "
-                                                      r"'anon_jax.models.agw/1'.*save the model again"):
+                                                      r"'anon_jax.models.agw/1'.*save it again"):
         agw.load_pretrained(directory)
 
 

@@ -193,7 +193,7 @@ def test_load_errors_name_the_file(published_params, tmp_path):
     description = directory / "anonymizer.json"
     good = description.read_text()
     description.write_text(good[:40])
-    with pytest.raises(anonymizer.AnonymizerCheckpointError, match=r"anonymizer\.json: not a valid"):
+    with pytest.raises(anonymizer.AnonymizerCheckpointError, match=r"anonymizer\.json: not valid JSON.*rewrite the directory"):
         anonymizer.load_pretrained(directory)
     description.write_text(good.replace('"kind": "published"', '"kind": "mask"'))
     with pytest.raises(anonymizer.AnonymizerCheckpointError, match=r"anonymizer\.json: not a valid.*kind='mask'"):

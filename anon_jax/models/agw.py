@@ -302,21 +302,9 @@ def save_pretrained(directory, model_config, num_classes: int, variables: Mappin
 def load_settings(directory) -> dict:
     """The settings stored in a save_pretrained directory: {"image_size": (h, w), "pixel_mean": (3,),
     "pixel_std": (3,), "num_classes": int, "model": {MODEL_CONFIG_FIELDS}}."""
-    path = pathlib.Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise AGWCheckpointError(
-            f"{path} is missing: {directory} is not an AGW ReId model directory written by "
-            "anon_jax.models.agw.save_pretrained.")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AGWCheckpointError(f"{path}: not valid JSON ({error}); rewrite the directory with "
-                                 "anon_jax.models.agw.save_pretrained.") from error
-    found = document.get("format") if isinstance(document, dict) else None
-    if found != CHECKPOINT_FORMAT:
-        raise AGWCheckpointError(
-            f"{path}: format {found!r}, expected {CHECKPOINT_FORMAT!r}; it was not written by "
-            "anon_jax.models.agw.save_pretrained (or by an incompatible version): save the model again.")
+    path, document = pretrained.read_description(
+        directory, CONFIG_FILE, checkpoint_format=CHECKPOINT_FORMAT, what="an AGW ReId model",
+        writer="anon_jax.models.agw.save_pretrained", error_class=AGWCheckpointError)
     try:
         model = document["model"]
         unknown = sorted(set(model) - set(MODEL_CONFIG_FIELDS))

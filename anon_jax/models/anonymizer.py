@@ -266,20 +266,13 @@ def save_pretrained(directory: str | os.PathLike, config, params, *, voxel: dict
 
 def load_settings(directory: str | os.PathLike) -> tuple[ml_collections.ConfigDict, dict]:
     """(config, voxel settings) stored in a save_pretrained directory."""
-    path = pathlib.Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise AnonymizerCheckpointError(
-            f"{path} is missing: {directory} is not an anonymizer directory written by "
-            "anon_jax.models.anonymizer.save_pretrained.")
+    path, document = pretrained.read_description(
+        directory, CONFIG_FILE, checkpoint_format=CHECKPOINT_FORMAT, what="an anonymizer",
+        writer="anon_jax.models.anonymizer.save_pretrained", error_class=AnonymizerCheckpointError)
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        if document.get("format") != CHECKPOINT_FORMAT:
-            raise AnonymizerCheckpointError(
-                f"{path}: format {document.get('format')!r}, expected {CHECKPOINT_FORMAT!r}.")
         config = anonymizer_config(**document["config"])
         return config, check_voxel_settings(document["voxel"], config)
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError,
-            AnonymizerConfigError) as error:
+    except (AttributeError, KeyError, TypeError, AnonymizerConfigError) as error:
         raise AnonymizerCheckpointError(f"{path}: not a valid anonymizer description ({error}).") from error
 
 

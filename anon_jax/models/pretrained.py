@@ -5,6 +5,7 @@ The errors here subclass ValueError and carry no file context: callers re-raise 
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
@@ -86,3 +87,22 @@ def restore_saved(path: pathlib.Path, abstract_tree, *, what: str, config_file: 
     except CheckpointShapeError as error:
         raise error_class(
             f"{path}: the saved {what} do not match {config_file} (saved vs expected): {error}.") from error
+
+
+def read_description(directory, config_file: str, *, checkpoint_format: str, what: str, writer: str,
+                     error_class: type[Exception]) -> tuple[pathlib.Path, dict]:
+    """(path, JSON document) of a save_pretrained folder's description `config_file`, checked to exist, to parse
+    and to carry `checkpoint_format`; every failure raised as `error_class` naming the file and the `writer` that
+    makes a valid one."""
+    path = pathlib.Path(directory) / config_file
+    if not path.is_file():
+        raise error_class(f"{path} is missing: {directory} is not {what} directory written by {writer}.")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise error_class(f"{path}: not valid JSON ({error}); rewrite the directory with {writer}.") from error
+    found = document.get("format") if isinstance(document, dict) else None
+    if found != checkpoint_format:
+        raise error_class(f"{path}: format {found!r}, expected {checkpoint_format!r}; it was not written by {writer} "
+                          "(or by an incompatible version): save it again.")
+    return path, document
