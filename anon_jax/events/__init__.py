@@ -1,6 +1,7 @@
 """Event streams: validated container, text files, E2VID voxel grids and the Event-ReId chunk pipeline.
 
-The ESIM-style simulator is the submodule `anon_jax.events.simulator`; import it directly.
+The ESIM-style simulator is the submodule `anon_jax.events.simulator`, Prophesee RAW files (EVT 2.0 / 2.1 / 3.0) are
+read by `anon_jax.events.prophesee_raw.read_raw`; import them directly.
 """
 
 from anon_jax.events.stream import EventFormatError, EventStream, pad_events
