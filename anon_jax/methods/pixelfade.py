@@ -89,12 +89,14 @@ def authorization_model(config, workdir: str, splits: dict, nets: dict, *, mesh,
     return nets["reid"], variables, info
 
 
-def feature_fn(net, variables):
-    """Eval-mode AGW features of normalised images (the retrieval embedding PixelFade constrains)."""
-    return functools.partial(net.apply, variables, train=False)
-
-
 # ------------------------------------------------------------------------------------------------- protection
+def raw_images(config, splits: dict) -> dict:
+    """{"test": query then gallery (the original's order), "train": the recovery attack's training images}, uint8."""
+    train = splits["train"]["images"]
+    return {"test": np.concatenate([splits["query"]["images"], splits["gallery"]["images"]]),
+            "train": np.asarray(train[attack_train_indices(config, len(train))])}
+
+
 def attack_train_indices(config, count: int) -> np.ndarray:
     """The training images of the recovery attack: all, or config.attack.max_train_images evenly spaced ones."""
     limit = config.attack.max_train_images
@@ -168,11 +170,9 @@ def run_protection(config, stage_dir: str, splits: dict, net, variables) -> dict
     attack's training images (arrays at `protected_paths`); returns counts, seconds and the mean feature loss and
     replacements per split."""
     protect_fn = pixelfade_lib.make_protect_fn(lambda v, x: net.apply(v, x, train=False), config.pixelfade)
-    feature_dim = agw_feature_dim(net)
-    test = np.concatenate([splits["query"]["images"], splits["gallery"]["images"]])
-    train = splits["train"]["images"][attack_train_indices(config, len(splits["train"]["images"]))]
+    feature_dim = agw.feature_dim(net.depth, net.width)
     info = {}
-    for stream, (name, pixels) in enumerate((("test", test), ("train", train))):
+    for stream, (name, pixels) in enumerate(raw_images(config, splits).items()):
         started = time.perf_counter()
         paths = protect_split(config, protect_fn, variables, pixels, stage_dir=stage_dir, name=name, stream=stream,
                               feature_dim=feature_dim)
@@ -180,11 +180,6 @@ def run_protection(config, stage_dir: str, splits: dict, net, variables) -> dict
                       "mean_feature_loss": float(np.mean(np.load(paths["loss"]))),
                       "mean_replacements": float(np.mean(np.load(paths["replacements"])))}
     return info
-
-
-def agw_feature_dim(net) -> int:
-    """Width of an AGW network's retrieval feature."""
-    return net.width * 8 * (4 if net.depth >= 50 else 1)
 
 
 # ----------------------------------------------------------------------------------------- compared methods
@@ -305,12 +300,13 @@ def attack_quality(config, outputs, reference_pixels) -> dict:
                                           normalization=normalization, batch_size=config.attack.eval_batch_size)
 
 
-def run_attack(config, workdir: str, method: str, unet, train_protected, train_raw, test_protected, test_raw, *,
-               mesh, tensorboard_dir: str) -> dict:
+def run_attack(config, workdir: str, method: str, unet, protected, raw: dict, *, mesh, tensorboard_dir: str) -> dict:
     """Stage attack_<method>: trains the recovery U-Net, then measures protected and recovered test images; keeps
-    the first grid images (examples.npz in the stage folder)."""
+    the first grid images (examples.npz in the stage folder). `protected(split)` gives the method's protected
+    images of raw[split], asked for only when the stage runs."""
     def stage(stage_dir):
-        variables, info = train_attack(config, stage_dir, method, unet, train_protected, train_raw, mesh=mesh,
+        test_protected, test_raw = protected("test"), raw["test"]
+        variables, info = train_attack(config, stage_dir, method, unet, protected("train"), raw["train"], mesh=mesh,
                                        tensorboard_dir=tensorboard_dir)
         recovered = mesh_lib.map_batches(lambda v, x: unet.apply(v, x, train=False), variables, test_protected,
                                          batch_size=config.eval.batch_size, mesh=mesh)
@@ -325,22 +321,16 @@ def run_attack(config, workdir: str, method: str, unet, train_protected, train_r
         logging.info("[attack_%s] protected PSNR %.2f SSIM %.3f | recovered PSNR %.2f SSIM %.3f", method,
                      info["protected"]["PSNR"], info["protected"]["SSIM"], info["recovered"]["PSNR"],
                      info["recovered"]["SSIM"])
-        return variables, info
+        return info
 
-    return run_training_stage(workdir, f"attack_{method}", stage)[1]
+    return run_stage(workdir, f"attack_{method}", stage)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def retrieval_rows(config, net, variables, splits: dict, protected_test: np.ndarray, *, mesh,
-                   protected_features=None) -> dict:
-    """Rank-1/mAP in the four settings for one method: raw and protected test images through the authorization
-    model (`protected_features` replaces the protected images' features: PixelFade's "pre_update" option)."""
+def retrieval_rows(config, splits: dict, raw: np.ndarray, protected: np.ndarray) -> dict:
+    """Rank-1/mAP in the four settings for one method from the authorization model's features of the raw and the
+    protected test images (query then gallery)."""
     num_query = len(splits["query"]["images"])
-    features = functools.partial(mesh_lib.map_batches, lambda v, x: net.apply(v, x, train=False), variables,
-                                 batch_size=config.eval.batch_size, mesh=mesh)
-    raw = features(np.asarray(privacy_reid.normalize(config, np.concatenate(
-        [splits["query"]["images"], splits["gallery"]["images"]]))))
-    protected = protected_features if protected_features is not None else features(protected_test)
     query_out = {"embed": {"raw": raw[:num_query], "protected": protected[:num_query]}}
     gallery_out = {"embed": {"raw": raw[num_query:], "protected": protected[num_query:]}}
     return privacy_reid.retrieval(splits["query"], splits["gallery"], query_out, gallery_out,
@@ -404,10 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     protection = run_stage(workdir, "protect", lambda stage_dir: run_protection(config, stage_dir, splits, net,
                                                                                 variables), primary_only=True)
     protect_dir = os.path.join(workdir, "protect")
-    pixelfade_test, pixelfade_train = (np.load(protected_paths(protect_dir, name)["images"], mmap_mode="r")
-                                       for name in ("test", "train"))
-    test_raw = np.concatenate([splits["query"]["images"], splits["gallery"]["images"]])
-    train_raw = np.asarray(splits["train"]["images"][attack_train_indices(config, len(splits["train"]["images"]))])
+    raw = raw_images(config, splits)
     methods = tuple(config.compare.methods)
     reversible = None
     if "reversible" in methods:
@@ -417,31 +404,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         reversible = (nets["generator"], trained["generator"])
     unet = pix2pix.UNetGenerator(out_channels=3, num_downs=config.attack.num_downs, ngf=config.attack.ngf,
                                  use_dropout=False, dtype=dtype)
-    attacks, protected_test = {}, {}
-    for method in methods:
-        sources = {"mesh": mesh, "reversible": reversible}
-        protected_test[method] = np.asarray(protected_images(config, method, test_raw, stream=0,
-                                                             pixelfade_images=pixelfade_test, **sources))
-        train_protected = protected_images(config, method, train_raw, stream=1, pixelfade_images=pixelfade_train,
-                                           **sources)
-        attacks[method] = run_attack(config, workdir, method, unet, train_protected, train_raw,
-                                     protected_test[method], test_raw, **common)
+
+    def protected(method, split):
+        pixelfade_images = np.load(protected_paths(protect_dir, split)["images"], mmap_mode="r")
+        return np.asarray(protected_images(config, method, raw[split], stream=("test", "train").index(split),
+                                           mesh=mesh, pixelfade_images=pixelfade_images, reversible=reversible))
+
+    # The test images serve the attack stage and the evaluation; the training images only their attack stage.
+    protected_test = functools.cache(lambda method: protected(method, "test"))
+
+    attacks = {method: run_attack(config, workdir, method, unet,
+                                  lambda split, method=method: protected_test(method) if split == "test"
+                                  else protected(method, split), raw, **common)
+               for method in methods}
 
     def evaluate_stage(stage_dir):
         del stage_dir
+        features = functools.partial(mesh_lib.map_batches, lambda v, x: net.apply(v, x, train=False), variables,
+                                     batch_size=config.eval.batch_size, mesh=mesh)
+        raw_features = features(np.asarray(privacy_reid.normalize(config, raw["test"])))
         rows = {}
         for method in methods:
-            features = None
             if method == "pixelfade" and config.pixelfade.feature == "pre_update":
-                features = np.load(protected_paths(protect_dir, "test")["features"])
-            rows[method] = retrieval_rows(config, net, variables, splits, protected_test[method], mesh=mesh,
-                                          protected_features=features)
+                protected_features = np.load(protected_paths(protect_dir, "test")["features"])
+            else:
+                protected_features = features(protected_test(method))
+            rows[method] = retrieval_rows(config, splits, raw_features, protected_features)
         examples = {}
         for method in methods:
             with np.load(os.path.join(workdir, f"attack_{method}", "examples.npz")) as data:
                 examples[method] = {kind: data[kind] for kind in data.files}
         multihost.primary_only("image grid", lambda: save_grid(
-            os.path.join(workdir, GRID_FILE), test_raw[:config.eval.grid_images] / 255.0, examples))
+            os.path.join(workdir, GRID_FILE), raw["test"][:config.eval.grid_images] / 255.0, examples))
         return rows
 
     retrievals = run_stage(workdir, "evaluate", evaluate_stage)
@@ -453,7 +447,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     details = {
         "dataset": data_info["dataset"], "image_size": data_info["image_size"],
         "train_images": int(len(splits["train"]["images"])), "identities": num_classes,
-        "test_images": int(len(test_raw)), "attack_train_images": int(len(train_raw)),
+        "test_images": int(len(raw["test"])), "attack_train_images": int(len(raw["train"])),
         "authorization": authorization_info, "pixelfade": config.pixelfade.to_dict(),
         "protection": protection,
         "attack": {"target": config.attack.target, "metric_normalization": config.attack.metric_normalization,

@@ -405,7 +405,7 @@ def init_baseline_state(config, nets, txs, image_shape, num_classes: int) -> dic
     rng = jax.random.key(config.seed)
     reid = init_reid(config, nets["reid"], image_shape, rng)
     return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.fold_in(rng, 1), "reid": trainable(reid, txs["reid"]),
-            "centres": losses.initial_centres(jax.random.fold_in(rng, 2), num_classes, agw_feature_dim(config))}
+            "centres": losses.initial_centres(jax.random.fold_in(rng, 2), num_classes, agw.feature_dim(config.model.depth, config.model.width))}
 
 
 def init_full_state(config, nets, txs, image_shape, num_classes: int, *, snapshot_rank1: float,
@@ -422,7 +422,7 @@ def init_full_state(config, nets, txs, image_shape, num_classes: int, *, snapsho
                  "disc_recovery": init_variables(nets["disc_recovery"], jax.random.fold_in(rng, 4), pair_shape)}
     return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.fold_in(rng, 5),
             **{name: trainable(variables[name], txs[name]) for name in FULL_NETWORKS},
-            "centres": losses.initial_centres(jax.random.fold_in(rng, 6), num_classes, agw_feature_dim(config)),
+            "centres": losses.initial_centres(jax.random.fold_in(rng, 6), num_classes, agw.feature_dim(config.model.depth, config.model.width)),
             "snapshot": jax.tree_util.tree_map(jnp.copy, variables["generator"]),
             "upgrade": {"use_snapshot": jnp.asarray(False), "best_rank1": jnp.asarray(0.0, jnp.float32),
                         "snapshot_rank1": jnp.asarray(snapshot_rank1, jnp.float32),
@@ -487,12 +487,6 @@ def train_baseline(config, stage_dir: str, splits: dict, nets, *, mesh, tensorbo
         info["validation"] = validate(config, make_eval_batch(config, nets, "C"), {"reid": variables}, splits,
                                       mesh=mesh)
     return variables, info
-
-
-def agw_feature_dim(config) -> int:
-    """Width of AGW's pooled feature: the last ResNet stage's output channels."""
-    expansion = 4 if config.model.depth >= 50 else 1
-    return config.model.width * 8 * expansion
 
 
 def _write_validations(stage_dir: str, records: list) -> None:

@@ -179,6 +179,11 @@ MODEL_CONFIG_FIELDS: Sequence[str] = ("depth", "width", "last_stride", "stem_rel
                                       "nonlocal_one_channel")
 
 
+def feature_dim(depth: int, width: int) -> int:
+    """Width of AGW's pooled (and retrieval) feature: the last ResNet stage's output channels."""
+    return width * 8 * (4 if depth >= 50 else 1)
+
+
 def build_agw_network(config: ml_collections.ConfigDict, num_classes: int, *, dtype: Any = jnp.float32) -> AGWNetwork:
     """An AGWNetwork from `config` (the fields in MODEL_CONFIG_FIELDS), checked, computing in `dtype`."""
     missing = [field for field in MODEL_CONFIG_FIELDS if field not in config]
