@@ -119,9 +119,8 @@ def protect_folder(checkpoint_dir: str | os.PathLike, images_dir: str | os.PathL
     def returned_image_loss(variables, images, protected):
         return jnp.mean(jnp.square(apply_fn(variables, protected) - apply_fn(variables, images)), axis=-1)
 
-    key = jax.random.key(config.seed)
-    chunks = pixelfade.replacement_chunks(jax.random.fold_in(key, 0), batch_shape, config.fade_num_iter)
-    noise_key = jax.random.fold_in(key, 1)
+    chunks_key, noise_key = pixelfade.protection_keys(config.seed)
+    chunks = pixelfade.replacement_chunks(chunks_key, batch_shape, config.fade_num_iter)
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = progress or ProgressBar(count, label="protect", unit="images")
     records = []
@@ -129,13 +128,11 @@ def protect_folder(checkpoint_dir: str | os.PathLike, images_dir: str | os.PathL
         batch_paths = paths[start:start + batch_size]
         real = len(batch_paths)
         pixels = np.stack([load_image(p, height=height, width=width) for p in batch_paths])
-        images = np.zeros(batch_shape, np.float32)  # padded rows: valid=False keeps them out of every decision
-        images[:real] = np.asarray(image_augment.normalize(pixels, mean, std))
-        noise = pixelfade.noise_images(noise_key, jnp.arange(start, start + batch_size), (height, width, 3))
-        valid = np.arange(batch_size) < real
-        result = jax.device_get(protect_fn(variables, images, chunks, noise, valid))
-        final_loss = np.asarray(returned_image_loss(variables, images, result["images"]))
-        protected = np.asarray(result["images"][:real], np.float32)
+        images = image_augment.normalize(pixels, mean, std)
+        result = pixelfade.protect_padded(protect_fn, variables, images, start=start, chunks=chunks,
+                                          noise_key=noise_key)
+        protected = np.asarray(result["images"], np.float32)
+        final_loss = np.asarray(returned_image_loss(variables, images, protected))
         shown = viewable(protected, mean, std)
         for row, path in enumerate(batch_paths):
             _write_npy(out_dir / f"{path.stem}.npy", protected[row])

@@ -117,9 +117,8 @@ def protect_split(config, protect_fn, variables, pixels, *, stage_dir: str, name
     settings = config.pixelfade
     count, shape = len(pixels), pixels.shape[1:]
     batch = settings.batch_size
-    key = jax.random.key(settings.seed)
-    chunks = pixelfade_lib.replacement_chunks(jax.random.fold_in(key, 0), (batch, *shape), settings.fade_num_iter)
-    noise_key = jax.random.fold_in(key, 1 + stream)
+    chunks_key, noise_key = pixelfade_lib.protection_keys(settings.seed, stream)
+    chunks = pixelfade_lib.replacement_chunks(chunks_key, (batch, *shape), settings.fade_num_iter)
     paths = protected_paths(stage_dir, name)
     layouts = {"images": ((count, *shape), np.float32), "features": ((count, feature_dim), np.float32),
                "loss": ((count,), np.float32), "replacements": ((count,), np.int32)}
@@ -136,20 +135,17 @@ def protect_split(config, protect_fn, variables, pixels, *, stage_dir: str, name
     started, first = time.perf_counter(), done
     for start in range(done, count, batch):
         stop = min(start + batch, count)
-        images = np.zeros((batch, *shape), np.float32)
-        images[:stop - start] = np.asarray(privacy_reid.normalize(config, pixels[start:stop]))
-        valid = np.arange(batch) < stop - start
-        noise = pixelfade_lib.noise_images(noise_key, jnp.arange(start, start + batch), shape)
-        out = jax.device_get(protect_fn(variables, jnp.asarray(images), chunks, noise, jnp.asarray(valid)))
+        out = pixelfade_lib.protect_padded(protect_fn, variables, privacy_reid.normalize(config, pixels[start:stop]),
+                                           start=start, chunks=chunks, noise_key=noise_key)
         for kind, array in arrays.items():
-            array[start:stop] = out[kind][:stop - start]
+            array[start:stop] = out[kind]
             array.flush()
         progress[name] = stop
         atomic_write_text(progress_path, json.dumps(progress))
         rate = (stop - first) / max(time.perf_counter() - started, 1e-9)
         logging.info("[protect] %s: %d/%d images, %.2f images/s, ETA %.0fs, feature loss %.4f, replacements %.1f",
-                     name, stop, count, rate, (count - stop) / rate, float(np.mean(out["loss"][valid])),
-                     float(np.mean(out["replacements"][valid])))
+                     name, stop, count, rate, (count - stop) / rate, float(np.mean(out["loss"])),
+                     float(np.mean(out["replacements"])))
     return paths
 
 

@@ -259,3 +259,23 @@ def make_protect_fn(apply_fn: Callable, config) -> Callable:
         return protect(functools.partial(apply_fn, variables), images, chunks, noise, config, valid)
 
     return fn
+
+
+def protection_keys(seed: int, stream: int = 0):
+    """(chunks key, noise key) of a protection run: the replacement chunks from fold_in(key(seed), 0), the noise
+    targets of image stream `stream` (e.g. test / train images) from fold_in(key(seed), 1 + stream)."""
+    key = jax.random.key(seed)
+    return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1 + stream)
+
+
+def protect_padded(protect_fn: Callable, variables, images, *, start: int, chunks, noise_key) -> dict:
+    """`protect_fn` (from make_protect_fn) on up to chunks.shape[0] normalised images whose global indices start at
+    `start`, padded to that batch size (one compiled shape; padded rows are marked invalid) and trimmed back;
+    returns host arrays."""
+    batch_size, real = chunks.shape[0], len(images)
+    padded = np.zeros((batch_size, *chunks.shape[1:]), np.float32)
+    padded[:real] = np.asarray(images)
+    noise = noise_images(noise_key, jnp.arange(start, start + batch_size), chunks.shape[1:])
+    valid = np.arange(batch_size) < real
+    out = jax.device_get(protect_fn(variables, jnp.asarray(padded), chunks, noise, jnp.asarray(valid)))
+    return {kind: values[:real] for kind, values in out.items()}
