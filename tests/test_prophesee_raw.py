@@ -239,8 +239,9 @@ def test_evt3_raw_file_round_trip_across_the_time_wrap(tmp_path):
     assert size == (1280, 720) and t.max() > 2 * (1 << 24)
     for name, values in zip("txyp", (t, x, y, p)):
         np.testing.assert_array_equal(events[name], values)
+    path.write_bytes(header("EVT3;height=720;width=100", evt="3.0") + words.astype("<u2").tobytes())
     with pytest.raises(EventFormatError, match=r"e3\.raw: event \d+ has x=.*outside the 100x720 sensor"):
-        read_raw(path, sensor_size=(100, 720))
+        read_raw(path)
 
 
 
@@ -283,10 +284,9 @@ def test_coordinates_outside_sensor(tmp_path):
     with pytest.raises(EventFormatError, match=rf"oob\.raw: event 1 \(word at byte {len(head) + 8}\) has x=639, y=5, "
                                                r"outside the 320x240 sensor"):
         read_raw(path)
-    # A larger explicit sensor size overrides the header.
-    ev, size = read_raw(path, sensor_size=(640, 480))
-    assert size == (640, 480)
-    assert_events(ev, [10, 11, 12], [1, 639, 2], [1, 5, 2], [1, 0, 1])
+    # An explicit sensor size must agree with the header's.
+    with pytest.raises(EventFormatError, match=r"oob\.raw: sensor_size=\(640, 480\) contradicts the header's 320x240"):
+        read_raw(path, sensor_size=(640, 480))
     # EVT 2.1: a valid bit that pushes x past the width.
     payload, _ = encode_evt21([5, 5], [30, 33], [0, 0], [1, 1], legacy=False)  # TH, word x 0.., word x 32..
     head = header("EVT21;height=4;width=32")

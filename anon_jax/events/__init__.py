@@ -1,9 +1,13 @@
-"""Event streams: validated container, text files, E2VID voxel grids and the Event-ReId chunk pipeline.
+"""Event streams: file readers and writers, validated containers, E2VID voxel grids and the Event-ReId chunk pipeline.
 
-The ESIM-style simulator is the submodule `anon_jax.events.simulator`, Prophesee RAW files (EVT 2.0 / 2.1 / 3.0) are
-read by `anon_jax.events.prophesee_raw.read_raw`; import them directly.
+`read(path)` reads any supported event file into `Events` (t int64 us, x/y uint16, p 0/1, sensor size) and
+`iter_windows(path, ...)` streams it in time or count windows; `write` / `open_writer` save the interchange HDF5
+or text. `EventStream` is the float-time stream of the training code (`Events.to_stream()`). The ESIM-style
+simulator is the submodule `anon_jax.events.simulator`; the per-format readers live in their own submodules.
 """
 
+from anon_jax.events.container import Events, MissingDependencyError
+from anon_jax.events.formats import detect_format, iter_windows, open_writer, read, write
 from anon_jax.events.stream import EventFormatError, EventStream, pad_events
 from anon_jax.events.text_io import read_event_text, write_event_text
 from anon_jax.events.voxel import (
@@ -19,6 +23,13 @@ from anon_jax.events.voxel import (
 __all__ = [
     "EventFormatError",
     "EventStream",
+    "Events",
+    "MissingDependencyError",
+    "detect_format",
+    "iter_windows",
+    "open_writer",
+    "read",
+    "write",
     "chunk_voxel_grid",
     "nearest_resize",
     "nearest_resize_numpy",

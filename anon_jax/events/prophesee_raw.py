@@ -22,13 +22,15 @@ import os
 
 import numpy as np
 
-from anon_jax.events.evt3 import decode_evt3
+from anon_jax.events.container import COLUMNS, DTYPES, EventFile, parse_sensor_size
+from anon_jax.events.evt3 import Evt3Decoder
 from anon_jax.events.stream import EventFormatError
 
 __all__ = [
     "RawHeader",
     "decode_evt2",
     "decode_evt21",
+    "open_raw",
     "read_raw",
     "read_raw_header",
 ]
@@ -214,20 +216,22 @@ def _check_types(types: np.ndarray, words: np.ndarray, *, source: str, byte_offs
         )
 
 
-def _time_bases(types: np.ndarray, time_high: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """Unwrapped TIME_HIGH value in force at each word index in ``at`` (0 before the first one).
+def _time_bases(types: np.ndarray, time_high: np.ndarray, at: np.ndarray,
+                previous: int | None = None) -> tuple[np.ndarray, int | None]:
+    """Unwrapped TIME_HIGH value in force at each word index in ``at``, and the last one after these words.
 
-    ``time_high`` holds the 28-bit field of every word (used only where the type is TIME_HIGH).
+    ``time_high`` holds the 28-bit field of every word (used only where the type is TIME_HIGH);
+    ``previous`` is the unwrapped TIME_HIGH in force before these words (None: none seen yet, base 0).
     """
     th_pos = np.flatnonzero(types == _TIME_HIGH)
     if th_pos.size == 0:
-        return np.zeros(at.shape, dtype=np.int64)
-    th = time_high[th_pos].astype(np.int64)
-    loops = np.zeros(th.shape, dtype=np.int64)
-    np.cumsum(np.diff(th) < -_LOOP_DROP, out=loops[1:])
-    th += loops << _TH_BITS
+        return np.full(at.shape, previous or 0, dtype=np.int64), previous
+    raw = time_high[th_pos].astype(np.int64)
+    first_loops, previous_raw = (0, raw[0]) if previous is None else (previous >> _TH_BITS, previous & _TH_MASK)
+    loops = first_loops + np.cumsum(np.diff(raw, prepend=previous_raw) < -_LOOP_DROP)
+    th = raw + (loops << _TH_BITS)
     k = np.searchsorted(th_pos, at, side="right") - 1  # last TIME_HIGH at or before each word
-    return np.where(k >= 0, th[np.maximum(k, 0)], 0)
+    return np.where(k >= 0, th[np.maximum(k, 0)], previous or 0), int(th[-1])
 
 
 def _check_coordinates(x: np.ndarray, y: np.ndarray, word_of_event: np.ndarray, sensor_size, *, source: str,
@@ -246,6 +250,22 @@ def _check_coordinates(x: np.ndarray, y: np.ndarray, word_of_event: np.ndarray, 
         )
 
 
+def _decode_evt2(words: np.ndarray, source: str, byte_offset: int, sensor_size,
+                 previous: int | None) -> tuple[dict[str, np.ndarray], int | None]:
+    words = _check_words(words, np.uint32, source=source, name="EVT 2.0 words")
+    types = (words >> 28).astype(np.uint8)
+    _check_types(types, words, source=source, byte_offset=byte_offset, word_size=4)
+    cd_idx = np.flatnonzero(types <= _CD_ON)
+    cd = words[cd_idx]
+    base, last = _time_bases(types, words & _TH_MASK, cd_idx, previous)
+    t = (base << 6) + ((cd >> 22) & 0x3F).astype(np.int64)
+    x = ((cd >> 11) & 0x7FF).astype(np.uint16)
+    y = (cd & 0x7FF).astype(np.uint16)
+    p = types[cd_idx]
+    _check_coordinates(x, y, cd_idx, sensor_size, source=source, byte_offset=byte_offset, word_size=4)
+    return {"t": t, "x": x, "y": y, "p": p}, last
+
+
 def decode_evt2(words: np.ndarray, *, source: str, byte_offset: int = 0,
                 sensor_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """Decode EVT 2.0 words (uint32, already in host order) into t/x/y/p arrays in file order.
@@ -253,35 +273,18 @@ def decode_evt2(words: np.ndarray, *, source: str, byte_offset: int = 0,
     ``byte_offset`` is the file position of ``words[0]`` and ``source`` names the data in errors.
     With ``sensor_size=(W, H)`` an event with x >= W or y >= H raises EventFormatError.
     """
-    words = _check_words(words, np.uint32, source=source, name="EVT 2.0 words")
-    types = (words >> 28).astype(np.uint8)
-    _check_types(types, words, source=source, byte_offset=byte_offset, word_size=4)
-    cd_idx = np.flatnonzero(types <= _CD_ON)
-    cd = words[cd_idx]
-    base = _time_bases(types, words & _TH_MASK, cd_idx)
-    t = (base << 6) + ((cd >> 22) & 0x3F).astype(np.int64)
-    x = ((cd >> 11) & 0x7FF).astype(np.uint16)
-    y = (cd & 0x7FF).astype(np.uint16)
-    p = types[cd_idx]
-    _check_coordinates(x, y, cd_idx, sensor_size, source=source, byte_offset=byte_offset, word_size=4)
-    return {"t": t, "x": x, "y": y, "p": p}
+    return _decode_evt2(words, source, byte_offset, sensor_size, None)[0]
 
 
-def decode_evt21(words: np.ndarray, *, legacy: bool, source: str, byte_offset: int = 0,
-                 sensor_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-    """Decode EVT 2.1 words into t/x/y/p arrays in file order (within a word, by increasing x).
-
-    ``words`` are the file's 8-byte words read as little-endian uint64 (host order). With
-    ``legacy=True`` (IMX636 ``endianness=legacy``) each file word holds the type/time/x/y half first
-    and the validity mask second, so the two 32-bit halves are swapped to get the logical word.
-    """
+def _decode_evt21(words: np.ndarray, legacy: bool, source: str, byte_offset: int, sensor_size,
+                  previous: int | None) -> tuple[dict[str, np.ndarray], int | None]:
     words = _check_words(words, np.uint64, source=source, name="EVT 2.1 words")
     logical = (words << np.uint64(32)) | (words >> np.uint64(32)) if legacy else words
     types = (logical >> np.uint64(60)).astype(np.uint8)
     _check_types(types, logical, source=source, byte_offset=byte_offset, word_size=8)
     high = (logical >> np.uint64(32)).astype(np.uint32)  # type, ts LSB, x base, y / TIME_HIGH field
     cd_idx = np.flatnonzero(types <= _CD_ON)
-    base = _time_bases(types, high & _TH_MASK, cd_idx)
+    base, last = _time_bases(types, high & _TH_MASK, cd_idx, previous)
     cd_high = high[cd_idx]
     t_word = (base << 6) + ((cd_high >> 22) & 0x3F).astype(np.int64)
     x_word = ((cd_high >> 11) & 0x7FF).astype(np.uint16)
@@ -305,56 +308,92 @@ def decode_evt21(words: np.ndarray, *, legacy: bool, source: str, byte_offset: i
     word_of_event = out.pop("w")
     _check_coordinates(out["x"], out["y"], word_of_event, sensor_size, source=source, byte_offset=byte_offset,
                        word_size=8)
-    return out
+    return out, last
 
 
-def read_raw(path: str | os.PathLike, *, sensor_size: tuple[int, int] | None = None,
-             evt21_layout: str | None = None) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
-    """Read an EVT 2.0 / EVT 2.1 / EVT 3.0 RAW file into ({"t", "x", "y", "p"}, (width, height)).
+def decode_evt21(words: np.ndarray, *, legacy: bool, source: str, byte_offset: int = 0,
+                 sensor_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Decode EVT 2.1 words into t/x/y/p arrays in file order (within a word, by increasing x).
 
-    ``sensor_size=(W, H)`` overrides the header's size or provides it when the header has none.
+    ``words`` are the file's 8-byte words read as little-endian uint64 (host order). With
+    ``legacy=True`` (IMX636 ``endianness=legacy``) each file word holds the type/time/x/y half first
+    and the validity mask second, so the two 32-bit halves are swapped to get the logical word.
+    """
+    return _decode_evt21(words, legacy, source, byte_offset, sensor_size, None)[0]
+
+
+def _sensor_size(header: RawHeader, sensor_size, source: str) -> tuple[int, int]:
+    """The header's (width, height), or the argument; both given must agree."""
+    stated = (header.width, header.height) if header.width is not None else None
+    if sensor_size is not None:
+        sensor_size = parse_sensor_size(sensor_size, f"{source}: sensor_size")
+        if stated is not None and sensor_size != stated:
+            raise EventFormatError(
+                f"{source}: sensor_size={sensor_size} contradicts the header's {stated[0]}x{stated[1]}; drop the "
+                "argument or fix the header.")
+        return sensor_size
+    if stated is None:
+        raise EventFormatError(
+            f"{source}: the RAW header has no sensor size ('% geometry WxH' or width/height in '% format'); "
+            "pass sensor_size=(width, height)")
+    return stated
+
+
+def open_raw(path: str | os.PathLike, *, sensor_size: tuple[int, int] | None = None, time_unit: str | None = None,
+             evt21_layout: str | None = None) -> EventFile:
+    """An EVT 2.0 / EVT 2.1 / EVT 3.0 RAW file, streamed from a memory map (formats "evt2", "evt21", "evt3").
+
+    ``sensor_size=(W, H)`` provides the size when the header has none (it must agree with a stated one).
     ``evt21_layout`` ("legacy" or "little") overrides the EVT 2.1 byte layout from the header.
     """
     source = os.fspath(path)
     header = read_raw_header(source)
-    if sensor_size is not None:
-        if len(sensor_size) != 2 or any(int(v) <= 0 for v in sensor_size):
-            raise EventFormatError(f"sensor_size must be (width, height) with positive values, got {sensor_size!r}")
-        size = (int(sensor_size[0]), int(sensor_size[1]))
-    elif header.width is not None and header.height is not None:
-        size = (header.width, header.height)
-    else:
-        raise EventFormatError(
-            f"{source}: the RAW header has no sensor size ('% geometry WxH' or width/height in '% format'); "
-            "pass sensor_size=(width, height)"
-        )
+    if time_unit not in (None, "us"):
+        raise EventFormatError(f"{source}: RAW files store microseconds; drop time_unit={time_unit!r}.")
+    size = _sensor_size(header, sensor_size, source)
     layout = header.layout
     if header.format == "EVT21" and evt21_layout is not None:
         if evt21_layout not in ("legacy", "little"):
             raise EventFormatError(f"evt21_layout must be 'legacy' or 'little', got {evt21_layout!r}")
         layout = evt21_layout
-
     word_size = header.word_size
-    payload = os.path.getsize(source) - header.payload_offset
-    n_words, rest = divmod(payload, word_size)
-    if rest:
-        raise EventFormatError(
-            f"{source}: truncated {header.format} payload: the word at byte "
-            f"{header.payload_offset + n_words * word_size} has only {rest} of {word_size} bytes"
-        )
-    dtype = {2: "<u2", 4: "<u4", 8: "<u8"}[word_size]
-    if n_words:
+    n_words, rest = divmod(os.path.getsize(source) - header.payload_offset, word_size)
+    dtype = np.dtype({2: "<u2", 4: "<u4", 8: "<u8"}[word_size])
+
+    def chunks(max_events: int):
+        if rest:
+            raise EventFormatError(
+                f"{source}: truncated {header.format} payload: the word at byte "
+                f"{header.payload_offset + n_words * word_size} has only {rest} of {word_size} bytes")
+        if n_words == 0:
+            return
         words = np.memmap(source, dtype=dtype, mode="r", offset=header.payload_offset, shape=(n_words,))
-    else:
-        words = np.zeros(0, dtype=dtype)
-    words = np.asarray(words).astype(np.dtype(dtype).newbyteorder("="), copy=False)
-    if header.format == "EVT3":
-        events = decode_evt3(words, source=source, byte_offset=header.payload_offset)
-        _check_coordinates(events["x"], events["y"], None, size, source=source, byte_offset=header.payload_offset,
-                           word_size=word_size)
-    elif header.format == "EVT2":
-        events = decode_evt2(words, source=source, byte_offset=header.payload_offset, sensor_size=size)
-    else:
-        events = decode_evt21(words, legacy=layout == "legacy", source=source, byte_offset=header.payload_offset,
-                              sensor_size=size)
-    return events, size
+        # One EVT 2.1 word holds up to 32 events, an EVT 3.0 vector word 12.
+        step = max(1, int(max_events) // 8) if header.format == "EVT21" else max(1, int(max_events))
+        decoder = Evt3Decoder(source=source, byte_offset=header.payload_offset)
+        time_high = None
+        for start in range(0, n_words, step):
+            block = np.asarray(words[start:start + step]).astype(dtype.newbyteorder("="), copy=False)
+            offset = header.payload_offset + start * word_size
+            if header.format == "EVT3":
+                events = decoder.decode(block)
+                _check_coordinates(events["x"], events["y"], None, size, source=source, byte_offset=offset,
+                                   word_size=word_size)
+            elif header.format == "EVT2":
+                events, time_high = _decode_evt2(block, source, offset, size, time_high)
+            else:
+                events, time_high = _decode_evt21(block, layout == "legacy", source, offset, size, time_high)
+            yield events
+
+    return EventFile(path=source, format=header.format.lower(), sensor_size=size, chunks=chunks,
+                     details={"header": header.lines, "evt21_layout": layout})
+
+
+def read_raw(path: str | os.PathLike, *, sensor_size: tuple[int, int] | None = None,
+             evt21_layout: str | None = None) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+    """A whole RAW file as ({"t", "x", "y", "p"}, (width, height)); see `open_raw`."""
+    opened = open_raw(path, sensor_size=sensor_size, evt21_layout=evt21_layout)
+    parts = list(opened.chunks(1 << 22))
+    events = {name: np.concatenate([part[name] for part in parts]) if parts else np.zeros(0, DTYPES[name])
+              for name in COLUMNS}
+    return events, opened.sensor_size
