@@ -1,7 +1,9 @@
 """Anonymises an event recording with a saved anonymizer: the windows' voxel grids go out anonymised, never raw.
 
 python -m anon_jax.anonymize --checkpoint W --events IN --out OUT.npz [--batch_size 64]
-W is a main-job workdir (its anonymizer/ folder) or a save_pretrained directory; IN an event text file.
+W is a main-job workdir (its anonymizer/ folder) or a save_pretrained directory; IN an event file in any format
+`anon_jax.events.read` supports. The saved windows' chunk_duration is in the training data's time unit: microseconds
+for the synthetic data, which binary formats also use; Event-ReId text keeps its own unit unless --time_unit is given.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from anon_jax.data.event_reid import partition_stream
-from anon_jax.events import EventFormatError, chunk_voxel_grid, read_event_text
+from anon_jax.events import EventFormatError, chunk_voxel_grid
+from anon_jax.events.container import TIME_UNITS, MissingDependencyError
+from anon_jax.events.formats import read_stream
 from anon_jax.files import atomic_target
 from anon_jax.models import anonymizer as anonymizer_lib
 from anon_jax.progress import ProgressBar
@@ -86,8 +90,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m anon_jax.anonymize", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="main-job workdir (uses its anonymizer/ folder) or a "
                         "directory written by anon_jax.models.anonymizer.save_pretrained")
-    parser.add_argument("--events", required=True, help="event text file: `t x y p` rows with an optional "
-                        "`width height` first row (an Event-ReId events.txt or a chunk file)")
+    parser.add_argument("--events", required=True, help="event file in any supported format: text `t x y p` "
+                        "(Event-ReId events.txt or chunk, optional `width height` row), Prophesee RAW/DAT, AEDAT 4, "
+                        "HDF5 DSEC/MVSEC, npy/npz, ROS bag")
+    parser.add_argument("--time_unit", choices=sorted(TIME_UNITS), help="convert a text file's times from this unit "
+                        "to microseconds (default: keep the file's unit; binary formats are microseconds)")
     parser.add_argument("--out", required=True, help=".npz to write: voxels, t_start, t_end, num_events, bbox, "
                         "chunk_index (replaced atomically if it exists)")
     parser.add_argument("--batch_size", type=int, default=64, help="windows anonymised per jitted call (default 64)")
@@ -101,9 +108,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
         checkpoint = resolve_checkpoint(args.checkpoint)
         module, params, voxel = anonymizer_lib.load_pretrained(checkpoint)
-        if not os.path.isfile(args.events):
-            raise EventFormatError(f"{args.events}: no such event file.")
-        stream = read_event_text(args.events)
+        stream = read_stream(args.events, time_unit=args.time_unit)
         if not len(stream):
             raise EventFormatError(f"{args.events}: the file holds no events.")
         print(f"anonymize: {len(stream)} events from {args.events}, anonymizer {checkpoint} "
@@ -111,7 +116,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         arrays = anonymize_stream(module, params, voxel, stream, batch_size=args.batch_size)
         write_npz(args.out, arrays)
-    except ValueError as error:  # checkpoint, event-format and partition errors: a message, no traceback
+    except (ValueError, MissingDependencyError) as error:  # checkpoint, event-format, partition errors: no traceback
         print(f"anonymize: error: {error}", file=sys.stderr)
         return 2
     print(f"anonymize: wrote {len(arrays['voxels'])} anonymised windows to {args.out}", file=sys.stderr)

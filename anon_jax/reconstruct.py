@@ -2,8 +2,11 @@
 
 python -m anon_jax.reconstruct --events FILE --checkpoint DIR --out DIR
     [--num_events_per_window N | --window_duration T] [--auto_hdr] [--unsharp_mask_amount A] [--sensor_size H,W]
-writes frame_0000000000.png, frame_0000000001.png, ... (one per window), timestamps.txt (time of each window's
-last event, file unit) and preview.gif into --out; the folder appears complete or not at all.
+    [--time_unit U]
+FILE is any event file `anon_jax.events.read` supports (text, RAW, DAT, AEDAT 4, HDF5, NumPy, ROS bag). Writes
+frame_0000000000.png, ... (one per window), timestamps.txt (time of each window's last event: microseconds for
+binary files, the file's own unit for text without --time_unit) and preview.gif into --out; the folder appears
+complete or not at all.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import sys
 from PIL import Image
 
 from anon_jax.files import atomic_directory
-from anon_jax.events import EventFormatError, read_event_text
+from anon_jax.events import EventFormatError
+from anon_jax.events.container import TIME_UNITS, MissingDependencyError
+from anon_jax.events.formats import read_stream
 from anon_jax.events.windows import fixed_count_windows, fixed_duration_windows
 from anon_jax.models import e2vid
 from anon_jax.models.e2vid_postprocess import IntensityRescaler, reconstruct_stream
@@ -32,16 +37,19 @@ def sensor_size_flag(text: str) -> tuple[int, int]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m anon_jax.reconstruct", description=__doc__.splitlines()[0])
-    parser.add_argument("--events", required=True, help="event text file: `t x y p` rows, optional `width height` "
-                        "first row (Event-ReId chunks, rpg_e2vid recordings, the synthetic dataset's events.txt)")
+    parser.add_argument("--events", required=True, help="event file in any supported format (text `t x y p` with "
+                        "an optional `width height` row, Prophesee RAW/DAT, AEDAT 4, HDF5 DSEC/MVSEC, npy/npz, ROS "
+                        "bag)")
+    parser.add_argument("--time_unit", choices=sorted(TIME_UNITS), help="convert a text file's times from this "
+                        "unit to microseconds (default: keep the file's own unit; binary formats are microseconds)")
     parser.add_argument("--checkpoint", required=True, help="reconstructor directory written by "
                         "anon_jax.models.e2vid.save_pretrained (converted official weights or a pretraining run)")
     parser.add_argument("--out", required=True, help="output folder for the frames, timestamps.txt and preview.gif")
     windows = parser.add_mutually_exclusive_group()
     windows.add_argument("--num_events_per_window", type=int, help="events per window (default: "
                          "num_events_per_pixel * sensor pixels)")
-    windows.add_argument("--window_duration", type=float, help="fixed-duration windows of this length, in the file's "
-                         "time unit (E2VID's --fixed_duration)")
+    windows.add_argument("--window_duration", type=float, help="fixed-duration windows of this length (E2VID's "
+                         "--fixed_duration), in microseconds for binary files and the file's unit for text")
     parser.add_argument("--num_events_per_pixel", type=float, default=0.35,
                         help="sets the window size when neither window flag is given (E2VID default 0.35)")
     parser.add_argument("--sensor_size", type=sensor_size_flag, help="HEIGHT,WIDTH of the sensor; default: the "
@@ -61,22 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _has_header(path: str) -> bool:
-    """Whether the first non-empty row is the 2-value `width height` header (read_event_text validates it)."""
-    with open(path, encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            if line.strip():
-                return len(line.split()) == 2
-    return False
-
-
-def load_events(path: str, sensor_size: tuple[int, int] | None):
-    """The recording on its sensor: the given size, else the header's, else the events' bounding box."""
-    stream = read_event_text(path, sensor_size=sensor_size)
-    stream.require_nonempty()
-    if sensor_size is None and not _has_header(path):
-        stream = stream.bbox_shifted()
-    return stream
+def load_events(path: str, sensor_size: tuple[int, int] | None, time_unit: str | None = None):
+    """The recording on its sensor: the given (height, width), else the file's, else the events' bounding box
+    (events shifted to it, as the Event-ReId loader)."""
+    stream = read_stream(path, sensor_size=None if sensor_size is None else sensor_size[::-1], time_unit=time_unit,
+                         crop_unsized=True)
+    return stream.require_nonempty()
 
 
 def main(argv=None) -> int:
@@ -84,7 +82,10 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out).absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise SystemExit(f"reconstruct: {out} exists and is not an empty folder; pass --overwrite or another --out.")
-    stream = load_events(args.events, args.sensor_size)
+    try:
+        stream = load_events(args.events, args.sensor_size, args.time_unit)
+    except (ValueError, MissingDependencyError) as error:  # unreadable file or missing optional reader
+        raise SystemExit(f"reconstruct: error: {error}") from None
     module, variables = e2vid.load_pretrained(args.checkpoint)
     if args.window_duration is not None:
         windows = list(fixed_duration_windows(stream, args.window_duration))

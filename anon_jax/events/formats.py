@@ -156,7 +156,11 @@ def read(path: str | os.PathLike, *, sensor_size: tuple[int, int] | None = None,
     time_unit: the unit of files that do not state it (text: "s", "ms", "us" or "ns"; N x 4 NumPy arrays).
     options: reader options (see `open_events`).
     """
-    opened = open_events(path, sensor_size=sensor_size, time_unit=time_unit, **options)
+    return read_opened(open_events(path, sensor_size=sensor_size, time_unit=time_unit, **options))
+
+
+def read_opened(opened: EventFile) -> Events:
+    """All events of an opened file; the bounding box gives the sensor when the file states none."""
     parts = list(checked_chunks(opened, DEFAULT_CHUNK_EVENTS))
     columns = {name: np.concatenate([part[name] for part in parts]) if parts else np.zeros(0, dtype)
                for name, dtype in (("t", np.int64), ("x", np.uint16), ("y", np.uint16), ("p", np.uint8))}
@@ -238,17 +242,26 @@ def iter_windows(path: str | os.PathLike, *, duration_us: int | None = None, num
 
 
 def read_stream(path: str | os.PathLike, *, sensor_size: tuple[int, int] | None = None,
-                time_unit: str | None = None, **options) -> EventStream:
+                time_unit: str | None = None, crop_unsized: bool = False, **options) -> EventStream:
     """The EventStream of the reconstruction and anonymization commands.
 
     Binary formats give microseconds. A text file without `time_unit` keeps its own unit (float64, exactly as
-    written: Event-ReId chunks and the synthetic data's events.txt), with `time_unit` it is converted to us.
+    written: Event-ReId chunks and the synthetic data's events.txt); with `time_unit` it is converted to us.
+    crop_unsized: when neither the file nor `sensor_size` gives the sensor, shift the events to their bounding
+    box (the Event-ReId loader's convention for headerless chunks) instead of keeping absolute coordinates.
     """
     if detect_format(path) == "text" and time_unit is None:
-        from anon_jax.events.text_io import read_event_text
+        from anon_jax.events.text_io import read_event_text, text_sensor_size
         size = None if sensor_size is None else parse_sensor_size(sensor_size, f"{path}: sensor_size")[::-1]
-        return read_event_text(path, sensor_size=size)
-    return read(path, sensor_size=sensor_size, time_unit=time_unit, **options).to_stream()
+        stream = read_event_text(path, sensor_size=size)
+        stated = sensor_size is not None or text_sensor_size(path) is not None
+    else:
+        opened = open_events(path, sensor_size=sensor_size, time_unit=time_unit, **options)
+        stream = read_opened(opened).to_stream()
+        stated = opened.sensor_size is not None
+    if crop_unsized and not stated and len(stream):
+        stream = stream.bbox_shifted()
+    return stream
 
 
 def open_writer(path: str | os.PathLike, *, sensor_size: tuple[int, int], time_unit: str = "us"):

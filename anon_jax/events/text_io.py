@@ -40,6 +40,11 @@ def _header(path: str) -> tuple[int, tuple[int, int] | None]:
     return 0, None
 
 
+def text_sensor_size(path) -> tuple[int, int] | None:
+    """(height, width) from the file's `width height` first row, or None."""
+    return _header(os.fspath(path))[1]
+
+
 def _data_line_numbers(path: str, skip: int) -> list[int]:
     """1-based line numbers of the non-empty rows after the first `skip` lines (used only to word errors)."""
     with open(path, encoding="utf-8", errors="replace") as lines:
