@@ -80,13 +80,13 @@ class RawHeader:
         return _WORD_SIZE[self.format]
 
 
-def _parse_int(value: str, *, source: str, where: str, field: str) -> int:
+def _parse_int(value: str, *, source: str, where: str, field: str, minimum: int = 1) -> int:
     try:
         number = int(value)
     except ValueError:
         raise EventFormatError(f"{source}: {where}: {field} must be an integer, got {value!r}") from None
-    if number <= 0:
-        raise EventFormatError(f"{source}: {where}: {field} must be positive, got {number}")
+    if number < minimum:
+        raise EventFormatError(f"{source}: {where}: {field} must be at least {minimum}, got {number}")
     return number
 
 
@@ -345,6 +345,7 @@ def open_raw(path: str | os.PathLike, *, sensor_size: tuple[int, int] | None = N
 
     ``sensor_size=(W, H)`` provides the size when the header has none (it must agree with a stated one).
     ``evt21_layout`` ("legacy" or "little") overrides the EVT 2.1 byte layout from the header.
+    A ``% t0 N`` header line (written by faery's zero_t0 option) is added to every time, as faery reads it.
     """
     source = os.fspath(path)
     header = read_raw_header(source)
@@ -356,6 +357,9 @@ def open_raw(path: str | os.PathLike, *, sensor_size: tuple[int, int] | None = N
         if evt21_layout not in ("legacy", "little"):
             raise EventFormatError(f"evt21_layout must be 'legacy' or 'little', got {evt21_layout!r}")
         layout = evt21_layout
+    # faery's `% t0` line: it wrote times minus t0 (its zero_t0 option) and adds t0 back on reading, as we do.
+    t0 = _parse_int(header.lines["t0"], source=source, where="header line '% t0'", field="t0", minimum=0) \
+        if "t0" in header.lines else 0
     word_size = header.word_size
     n_words, rest = divmod(os.path.getsize(source) - header.payload_offset, word_size)
     dtype = np.dtype({2: "<u2", 4: "<u4", 8: "<u8"}[word_size])
@@ -383,6 +387,8 @@ def open_raw(path: str | os.PathLike, *, sensor_size: tuple[int, int] | None = N
                 events, time_high = _decode_evt2(block, source, offset, size, time_high)
             else:
                 events, time_high = _decode_evt21(block, layout == "legacy", source, offset, size, time_high)
+            if t0:
+                events["t"] += t0
             yield events
 
     return EventFile(path=source, format=header.format.lower(), sensor_size=size, chunks=chunks,
