@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import common, input_pipeline, pixelfade_protection, voxelization
+from benchmarks import common, event_reading, input_pipeline, pixelfade_protection, voxelization
 
 
 class ScriptedClock:
@@ -123,3 +123,16 @@ def test_pixelfade_protection_quick(tmp_path):
     assert compiled["speedup_vs_python"] == pytest.approx(python["median_s"] / compiled["median_s"])
     assert compiled["compile_in_call_s"] == 0  # later calls of the compiled function reuse its executable
     assert record["meta"]["allclose_atol"] == 1e-4 and record["meta"]["check_iterations"] == 1
+
+
+def test_event_reading_quick(tmp_path):
+    event_reading.main(["--quick", "--out", str(tmp_path), "--data_dir", str(tmp_path / "data")])
+    record = json.loads((tmp_path / "event_reading.json").read_text())
+    rows = {row["case"]: row for row in record["rows"]}
+    assert list(rows) == list(event_reading.CASES)
+    assert rows["import only"]["events"] == 0
+    for case in event_reading.CASES[1:]:
+        assert rows[case]["events"] == 200_000 and positive(rows[case]["Mev_per_s"])
+        assert rows[case]["peak_rss_MB"] >= rows["import only"]["peak_rss_MB"] * 0.9
+    assert rows["anon_jax iter_windows"]["windows"] == 4  # 0.2 s at 50 ms per window
+    assert record["meta"]["streaming_under_target"] is True

@@ -10,15 +10,18 @@ from anon_jax.events.container import Events, MissingDependencyError
 from anon_jax.events.formats import detect_format, iter_windows, open_writer, read, write
 from anon_jax.events.stream import EventFormatError, EventStream, pad_events
 from anon_jax.events.text_io import read_event_text, write_event_text
-from anon_jax.events.voxel import (
-    chunk_voxel_grid,
-    nearest_resize,
-    nearest_resize_numpy,
-    normalize_voxel_grid,
-    normalize_voxel_grid_numpy,
-    voxel_grid,
-    voxel_grid_numpy,
-)
+
+# The voxel-grid functions need JAX; they are imported on first use, so reading and converting files stays light.
+_VOXEL_NAMES = ("chunk_voxel_grid", "nearest_resize", "nearest_resize_numpy", "normalize_voxel_grid",
+                "normalize_voxel_grid_numpy", "voxel_grid", "voxel_grid_numpy")
+
+
+def __getattr__(name):
+    if name in _VOXEL_NAMES:
+        from anon_jax.events import voxel
+        return getattr(voxel, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EventFormatError",
