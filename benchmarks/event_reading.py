@@ -5,7 +5,7 @@
 The recording (default 20 million events, 1280x720, 20 s, so the 24-bit time wraps once; bursts of equal times
 and horizontal runs that the encoder writes as vector words) is written once by faery, a maintained EVT 3.0
 encoder, and cached in --data_dir. Every measurement runs in a fresh Python process, so its peak resident memory
-(ru_maxrss) is that reader's alone, interpreter and imports included:
+(VmHWM) is that reader's alone, interpreter and imports included:
 - "import only": the interpreter with anon_jax.events imported (the floor of the rows below);
 - "anon_jax iter_windows": `anon_jax.events.iter_windows(path, duration_us=50_000)`, every 50 ms window built
   as a validated `Events` (the streaming path of the issue's 500 MB target);
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,13 +27,12 @@ import time
 
 import numpy as np
 
-from benchmarks import common
-
 NAME = "event_reading"
 WIDTH, HEIGHT = 1280, 720
 WINDOW_US = 50_000
 CASES = ("import only", "anon_jax iter_windows", "anon_jax read", "evt3 library batches")
 MEMORY_TARGET_MB = 500
+WORKER_FLAG = "--worker"  # `--worker CASE PATH`: run one case in this process (before anything imports JAX)
 
 
 def make_recording(path: pathlib.Path, num_events: int, seed: int = 0) -> None:
@@ -81,15 +79,24 @@ def run_case(case: str, path: str) -> dict:
     elif case != "import only":
         raise ValueError(f"unknown case {case!r}; expected one of {CASES}")
     seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
-    return {"events": count, "windows": windows, "seconds": seconds, "peak_rss_MB": peak_mb}
+    return {"events": count, "windows": windows, "seconds": seconds, "peak_rss_MB": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that over from the process
+    that forked and exec'd us, here the JAX-importing parent."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("/proc/self/status has no VmHWM line; peak memory needs Linux")
 
 
 def measure(case: str, path: pathlib.Path, repeats: int) -> dict:
     """Median seconds and largest peak memory of `repeats` fresh processes running `case`."""
     runs = []
     for _ in range(repeats):
-        output = subprocess.run([sys.executable, "-m", "benchmarks.event_reading", "--worker", case, str(path)],
+        output = subprocess.run([sys.executable, "-m", "benchmarks.event_reading", WORKER_FLAG, case, str(path)],
                                 check=True, capture_output=True, text=True).stdout
         runs.append(json.loads(output.strip().splitlines()[-1]))
     seconds = statistics.median(run["seconds"] for run in runs)
@@ -100,14 +107,12 @@ def measure(case: str, path: pathlib.Path, repeats: int) -> dict:
 
 
 def main(argv=None) -> None:
+    from benchmarks import common  # imports JAX: not at module level, so the worker processes stay light
+
     parser = common.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--events", type=int, default=20_000_000, help="events in the recording (quick: 200,000)")
     parser.add_argument("--data_dir", default="benchmarks/data", help="where the generated recording is cached")
-    parser.add_argument("--worker", nargs=2, metavar=("CASE", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(run_case(*args.worker)))
-        return
     num_events = 200_000 if args.quick and args.events == 20_000_000 else args.events
     path = pathlib.Path(args.data_dir) / f"evt3_{num_events}.raw"
     if not path.exists():
@@ -130,4 +135,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == [WORKER_FLAG]:
+        print(json.dumps(run_case(*sys.argv[2:4])))
+    else:
+        main()

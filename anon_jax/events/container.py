@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -231,6 +231,33 @@ class Events:
     @staticmethod
     def empty(width: int, height: int, source: str | None = None) -> Events:
         return Events(*(np.zeros(0, DTYPES[name]) for name in COLUMNS), width=width, height=height, source=source)
+
+
+def merge_chunks(parts: Iterable[dict[str, np.ndarray]], max_events: int) -> Iterator[dict[str, np.ndarray]]:
+    """Column dicts regrouped into chunks of exactly `max_events` events (the last one may be shorter).
+
+    Small parts are joined and large ones split, so the chunks do not depend on how the file was
+    packetised; only the current parts and one chunk are held.
+    """
+    pending: list[dict[str, np.ndarray]] = []
+    count = 0
+    for part in parts:
+        size = len(part["t"])
+        if not size:
+            continue
+        pending.append(part)
+        count += size
+        if count < max_events:
+            continue
+        joined = pending[0] if len(pending) == 1 else {
+            name: np.concatenate([piece[name] for piece in pending]) for name in pending[0]}
+        stop = count - count % max_events
+        for start in range(0, stop, max_events):
+            yield {name: values[start:start + max_events] for name, values in joined.items()}
+        pending = [{name: values[stop:] for name, values in joined.items()}] if stop < count else []
+        count -= stop
+    if count:
+        yield {name: np.concatenate([piece[name] for piece in pending]) for name in pending[0]}
 
 
 class MissingDependencyError(ImportError):

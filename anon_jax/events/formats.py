@@ -17,10 +17,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from anon_jax.events.container import (
+    COLUMNS,
     EventFile,
     Events,
     canonical_columns,
     find_problem,
+    merge_chunks,
     parse_sensor_size,
     raise_problem,
 )
@@ -191,54 +193,34 @@ def iter_windows(path: str | os.PathLike, *, duration_us: int | None = None, num
     opened = open_events(path, sensor_size=sensor_size, time_unit=time_unit, **options)
     size = opened.sensor_size or (parse_sensor_size(sensor_size, f"{opened.path}: sensor_size")
                                   if sensor_size is not None else bounding_size(opened, chunk_events))
-    pending: list[dict[str, np.ndarray]] = []  # events not yet in a window, in order
-    pending_count, window_end = 0, None
-
-    def take(count: int) -> Events:
-        """The first `count` pending events as a window (removed from `pending`)."""
-        nonlocal pending_count
-        taken = {name: [] for name in ("t", "x", "y", "p")}
-        while count:
-            part = pending[0]
-            n = min(count, len(part["t"]))
-            for name in taken:
-                taken[name].append(part[name][:n])
-            if n == len(part["t"]):
-                pending.pop(0)
-            else:
-                pending[0] = {name: values[n:] for name, values in part.items()}
-            count -= n
-            pending_count -= n
-        return _events({name: np.concatenate(values) if values else np.zeros(0, dtype)
-                        for (name, values), dtype in zip(taken.items(), (np.int64, np.uint16, np.uint16, np.uint8))},
-                       size, opened.path)
-
-    def before(end: int) -> int:
-        """How many pending events have t < end."""
-        total = 0
-        for part in pending:
-            n = int(np.searchsorted(part["t"], end, side="left"))
-            total += n
-            if n < len(part["t"]):
-                break
-        return total
-
-    for columns in checked_chunks(opened, chunk_events, size):
+    chunks = checked_chunks(opened, chunk_events, size)
+    if num_events is not None:
+        for columns in merge_chunks(chunks, num_events):
+            yield _events(columns, size, opened.path)
+        return
+    pending: list[dict[str, np.ndarray]] = []  # events not yet in a window, in time order
+    window_end = None
+    for columns in chunks:
         if not len(columns["t"]):
             continue
         pending.append(columns)
-        pending_count += len(columns["t"])
-        if num_events is not None:
-            while pending_count >= num_events:
-                yield take(num_events)
-            continue
         if window_end is None:
             window_end = int(columns["t"][0]) + duration_us
         while int(columns["t"][-1]) >= window_end:  # the window is complete once a later event arrived
-            yield take(before(window_end))
+            joined = _joined(pending)
+            cut = int(np.searchsorted(joined["t"], window_end, side="left"))
+            yield _events({name: values[:cut] for name, values in joined.items()}, size, opened.path)
+            pending = [{name: values[cut:] for name, values in joined.items()}]
             window_end += duration_us
-    if pending_count:
-        yield take(pending_count)
+    if pending:
+        yield _events(_joined(pending), size, opened.path)
+
+
+def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Consecutive column dicts as one (a single part is returned as is, so slices of it stay views)."""
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([part[name] for part in parts]) for name in COLUMNS}
 
 
 def read_stream(path: str | os.PathLike, *, sensor_size: tuple[int, int] | None = None,
