@@ -49,7 +49,10 @@ TIME_LOOP_US = 1 << 24  # the 24-bit time wraps every 16.777216 s
 _LOOP_THRESHOLD = 2048  # a TIME_HIGH smaller than the previous by this much counts one loop
 _MAX_X = 2047  # 11-bit addresses
 _UNDEFINED = np.isin(np.arange(16), (0x1, 0x9, 0xB, 0xC))  # lookup by word type
-_BITS = np.arange(12, dtype=np.uint16)
+_BITS = np.arange(12, dtype=np.int64)
+_POPCOUNT = np.array([bin(value).count("1") for value in range(1 << 12)], np.int64)  # set bits of a 12-bit mask
+_STEP = np.zeros(16, np.int64)  # how far a word moves the vector base: VECT_12 by 12, VECT_8 by 8
+_STEP[0x4], _STEP[0x5] = 12, 8
 
 
 @dataclasses.dataclass
@@ -70,13 +73,16 @@ def _empty() -> dict:
             "y": np.zeros(0, np.uint16), "p": np.zeros(0, np.uint8)}
 
 
-def _forward_fill(mask: np.ndarray, values: np.ndarray, initial: int, at: np.ndarray) -> np.ndarray:
-    """At positions `at`: the value of the last word j <= position with mask[j], else `initial`.
+def _ranks(mask: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """At positions `at`: how many words up to and including each position set the state (`mask`).
 
-    `values` holds one value per set mask entry; the running count of set entries is the index of
-    the last one, which forward-fills the state without a loop (and is only gathered where needed).
+    Indexing [initial, value of the 1st setting word, 2nd, ...] with the rank forward-fills the state without a
+    loop (see `_fill`); one rank serves every state the same word type sets.
     """
-    rank = np.cumsum(mask, dtype=np.int64)[at]
+    return np.cumsum(mask, dtype=np.int64)[at]
+
+
+def _fill(rank: np.ndarray, values: np.ndarray, initial: int) -> np.ndarray:
     return np.concatenate((np.array([initial], np.int64), values.astype(np.int64)))[rank]
 
 
@@ -124,27 +130,34 @@ def _decode(words: np.ndarray, state: _State, source: str, byte_offset: int) -> 
     previous = np.concatenate(([state.last_high], highs))[:-1]
     wrapped = (previous >= 0) & (previous - highs >= _LOOP_THRESHOLD)
     loops = state.loops + np.cumsum(wrapped)
-    time_base = _forward_fill(is_high, loops * TIME_LOOP_US + (highs << 12), state.time_base, at)
+    time_base = _fill(_ranks(is_high, at), loops * TIME_LOOP_US + (highs << 12), state.time_base)
     is_low = kind == 0x6
     # TIME_HIGH resets the low part, so both word types feed the same forward fill.
     is_time = is_low | is_high
-    time_low = _forward_fill(is_time, np.where(is_low[is_time], payload[is_time], 0), state.time_low, at)
+    time_low = _fill(_ranks(is_time, at), np.where(is_low[is_time], payload[is_time], 0), state.time_low)
 
     is_y = kind == 0x0
-    y = _forward_fill(is_y, payload[is_y] & 0x7FF, state.y, at)
+    y = _fill(_ranks(is_y, at), payload[is_y] & 0x7FF, state.y)
 
-    # Vector base at word i = last VECT_BASE_X value + steps of the vector words in between.
+    # Vector base at word i = last VECT_BASE_X value + steps of the vector words in between. Vector words are
+    # few, so the steps before a word are found by searching their positions rather than summing every word.
     is_base = kind == 0x3
-    step = np.where(is_v12, 12, np.where(is_v8, 8, 0))
-    before = np.cumsum(step) - step  # steps strictly before word i in this chunk
-    known = state.vect_base >= 0
-    vect_base = _forward_fill(is_base, (payload[is_base] & 0x7FF) - before[is_base],
-                              state.vect_base if known else 0, at) + before[at]
-    known_base = _forward_fill(is_base, np.ones(int(is_base.sum()), np.int64), int(known), at) == 1
-    vect_polarity = _forward_fill(is_base, payload[is_base] >> 11, state.vect_polarity, at)
+    base_at = np.flatnonzero(is_base)
+    vector_at = np.flatnonzero(is_vector)
+    steps = np.concatenate(([0], np.cumsum(np.where(is_v12[vector_at], 12, 8))))
 
-    if emitting.size:
-        m = emitting.size
+    def steps_before(positions):
+        return steps[np.searchsorted(vector_at, positions, side="left")]
+
+    known = state.vect_base >= 0
+    base_rank = _ranks(is_base, at)
+    vect_base = _fill(base_rank, (payload[base_at] & 0x7FF) - steps_before(base_at),
+                      state.vect_base if known else 0) + steps_before(at)
+    known_base = _fill(base_rank, np.ones(base_at.size, np.int64), int(known)) == 1
+    vect_polarity = _fill(base_rank, payload[base_at] >> 11, state.vect_polarity)
+
+    m = emitting.size
+    if m:
         for problem, missing in (("event before the first TIME_HIGH word: its time is unknown", time_base[:m] < 0),
                                  ("event before the first EVT_ADDR_Y word: its y is unknown", y[:m] < 0),
                                  ("vector word before the first VECT_BASE_X word: its x is unknown",
@@ -153,14 +166,25 @@ def _decode(words: np.ndarray, state: _State, source: str, byte_offset: int) -> 
             if hits.size:
                 _fail(source, byte_offset, hits[0], words[hits[0]], problem)
 
-    # ADDR_X is a one-bit vector at its own x and polarity, so one expansion keeps file order.
+    # ADDR_X is a one-bit vector at its own x and polarity, so one expansion keeps file order. Only vector
+    # words need their bits found; an ADDR_X word is one event at bit 0.
     single = is_addr_x[emitting]
     word = payload[emitting]
-    m = emitting.size
     base = np.where(single, word & 0x7FF, vect_base[:m])
-    mask = np.where(single, 1, np.where(is_v8[emitting], word & 0xFF, word))
     polarity = np.where(single, word >> 11, vect_polarity[:m])
-    rows, bits = np.nonzero((mask[:, None] >> _BITS) & 1)
+    vectors = np.flatnonzero(~single)
+    if vectors.size:
+        masks = np.where(is_v8[emitting[vectors]], word[vectors] & 0xFF, word[vectors])
+        counts = np.ones(m, np.int64)
+        counts[vectors] = _POPCOUNT[masks]
+        rows = np.repeat(np.arange(m), counts)
+        vector_rows, vector_bits = np.nonzero((masks[:, None] >> _BITS) & 1)
+        first_out = np.cumsum(counts) - counts  # output index of each emitting word's first event
+        within = np.arange(vector_rows.size) - np.searchsorted(vector_rows, vector_rows, side="left")
+        bits = np.zeros(rows.size, np.int64)
+        bits[first_out[vectors[vector_rows]] + within] = vector_bits
+    else:
+        rows, bits = np.arange(m), 0
     x = base[rows] + bits
     if x.size and x.max() > _MAX_X:
         first = int(np.argmax(x > _MAX_X))
@@ -173,7 +197,7 @@ def _decode(words: np.ndarray, state: _State, source: str, byte_offset: int) -> 
     after = _State(time_base=int(time_base[-1]), time_low=int(time_low[-1]),
                    last_high=int(highs[-1]) if highs.size else state.last_high,
                    loops=int(loops[-1]) if loops.size else state.loops, y=int(y[-1]),
-                   vect_base=int(vect_base[-1] + step[-1]) if known_base[-1] else -1,
+                   vect_base=int(vect_base[-1] + _STEP[kind[-1]]) if known_base[-1] else -1,
                    vect_polarity=int(vect_polarity[-1]))
     return events, after
 
