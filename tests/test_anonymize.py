@@ -10,9 +10,10 @@ import pytest
 
 from anon_jax import anonymize
 from anon_jax.data.event_reid import voxelize_chunk_file
-from anon_jax.events import EventStream, chunk_voxel_grid, read_event_text, write_event_text
+from anon_jax.events import Events, EventStream, chunk_voxel_grid, read_event_text, write_event_text
 from anon_jax.models import anonymizer
 from anon_jax.progress import ProgressBar
+from tests import event_files
 
 HEIGHT, WIDTH, BINS = 16, 12, 5
 DURATION = 33300.0  # microseconds, the synthetic data's chunk length
@@ -176,3 +177,24 @@ def test_progress_bar_text():
     bar.update(4)
     line = stream.getvalue()
     assert line.startswith("anonymize: [########] 4/4 windows, ") and line.endswith(" windows/s, ETA 0s\n")
+
+
+def test_every_event_file_format_anonymises_like_text(workdir, tmp_path, capsys):
+    rng = np.random.default_rng(9)
+    n = 600
+    recording = Events(t=np.sort(rng.integers(10**6, 10**6 + 150_000, n)), x=rng.integers(5, 55, n),
+                       y=rng.integers(3, 37, n), p=rng.integers(0, 2, n), width=60, height=40)
+    results = {}
+    for suffix in event_files.FORMATS:
+        path = tmp_path / f"recording{suffix}"
+        event_files.write_events(path, recording)
+        out = tmp_path / f"anonymised{suffix}.npz"
+        code, err = run(["--checkpoint", workdir, "--events", path, "--out", out, *event_files.read_options(path)],
+                        capsys)
+        assert code == 0, (suffix, err)
+        with np.load(out) as saved:
+            results[suffix] = {key: saved[key] for key in saved.files}
+    assert len(results[".txt"]["chunk_index"]) == 5  # 150 ms of 33.3 ms windows
+    for suffix, result in results.items():
+        for key in KEYS:
+            np.testing.assert_array_equal(result[key], results[".txt"][key], err_msg=f"{suffix} {key}")

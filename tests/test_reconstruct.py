@@ -13,7 +13,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from anon_jax import reconstruct
-from anon_jax.events import EventStream, normalize_voxel_grid_numpy, read_event_text, voxel_grid_numpy, write_event_text
+from anon_jax.events import (
+    Events,
+    EventStream,
+    normalize_voxel_grid_numpy,
+    read_event_text,
+    voxel_grid_numpy,
+    write_event_text,
+)
+from tests import event_files
 from anon_jax.events.windows import fixed_count_windows
 from anon_jax.models import e2vid
 from anon_jax.models.e2vid_postprocess import (IntensityRescaler, reconstruct_stream, to_uint8, unsharp_kernel,
@@ -187,3 +195,31 @@ def test_reconstruct_command_fixed_duration_with_header(checkpoint, tmp_path):
     assert len(list(out.glob("frame_*.png"))) == len(closes) >= 2
     with Image.open(out / "frame_0000000000.png") as image:
         assert image.size == (16, 12)
+
+
+@pytest.mark.parametrize("suffix", [suffix for suffix in event_files.FORMATS if suffix != ".txt"])
+def test_reconstruct_command_reads_every_format_like_text(checkpoint, tmp_path, suffix):
+    rng = np.random.default_rng(5)
+    n = 300
+    recording = Events(t=np.sort(rng.integers(10**6, 2 * 10**6, n)), x=rng.integers(0, 16, n),
+                       y=rng.integers(0, 12, n), p=rng.integers(0, 2, n), width=16, height=12)
+    outputs = {}
+    for name in (".txt", suffix):
+        path = tmp_path / f"recording{name}"
+        event_files.write_events(path, recording)
+        out = tmp_path / f"frames{name}"
+        assert reconstruct.main(["--events", str(path), "--checkpoint", str(checkpoint), "--out", str(out),
+                                 "--num_events_per_window", "100", "--sensor_size", "12,16",
+                                 *event_files.read_options(path)]) == 0
+        outputs[name] = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.suffix != ".gif"}
+    assert list(outputs[suffix]) == ["frame_0000000000.png", "frame_0000000001.png", "frame_0000000002.png",
+                                     "timestamps.txt"]
+    assert outputs[suffix] == outputs[".txt"]
+
+
+def test_reconstruct_command_reports_unreadable_files(checkpoint, tmp_path):
+    path = tmp_path / "events.npy"
+    np.save(path, np.zeros((3, 4)))
+    with pytest.raises(SystemExit, match=r"reconstruct: error: .*events\.npy.*columns"):
+        reconstruct.main(["--events", str(path), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"),
+                          "--time_unit", "us"])
