@@ -29,6 +29,9 @@ Times: relative times inside a frame interval are computed in float32 on the dev
 the float64 frame time in microseconds, so long recordings keep sub-microsecond precision. Events are sorted
 by time (stable: ties keep frame, row-major pixel, crossing order). Everything is deterministic for a key:
 frame pair ``k`` draws its noise from ``fold_in(key, k)``.
+
+Long inputs: `Simulator` takes the frames block by block (memory bounded by one segment of
+``frame_pairs_per_call`` frames) and returns exactly the events of one `simulate_events` call.
 """
 
 import dataclasses
@@ -187,54 +190,146 @@ def _check_inputs(frames, timestamps_us):
     return frames, timestamps_us
 
 
+def _empty_columns():
+    return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float64), np.zeros(0, np.uint8)
+
+
+class Simulator:
+    """The simulator fed frame blocks one after another, with memory bounded by one segment of frames.
+
+    `push(frames, timestamps_us)` takes the next frames (T, H, W) in [0, 1] at strictly increasing times after
+    the previous block's; `finish()` flushes what is left. Both return the events that are final so far as an
+    `EventStream` sorted by time, each after all events returned before. Together they are exactly the events
+    of `simulate_events` on all frames at once with the same key and parameters: the state (reference level,
+    last event time, previous log frame) and the global frame-pair index (noise keys ``fold_in(key, k)``)
+    carry over, frame pairs run in the same segments of `frame_pairs_per_call`, and events a later pair could
+    precede (times past the newest frame, from float32 rounding) wait for the next segment.
+    `dropped` counts the events lost to the per-pixel cap so far.
+    """
+
+    def __init__(self, params: SimulatorParams, key):
+        self.params, self.key = params, key
+        self.dropped = 0
+        self.num_frames = 0
+        self.height = self.width = None
+        self._state = None
+        self._last_time = None
+        self._finished = False
+        # Frame pairs waiting for a full segment: end log frame, float64 interval and start time of each.
+        self._pending_frames = np.zeros((0, 0, 0), np.float32)
+        self._pending_intervals = np.zeros(0, np.float64)
+        self._pending_starts = np.zeros(0, np.float64)
+        self._next_pair = 0  # global index of the first pending pair
+        self._held = _empty_columns()
+
+    @property
+    def num_pairs(self) -> int:
+        """Frame pairs pushed so far (simulated or pending)."""
+        return max(self.num_frames - 1, 0)
+
+    def push(self, frames, timestamps_us) -> EventStream:
+        """Adds frames (T, H, W) in [0, 1] at timestamps_us (T,); returns the events that became final."""
+        if self._finished:
+            raise SimulatorInputError("Simulator.push after finish(); start a new Simulator.")
+        frames, timestamps_us = _check_inputs(frames, timestamps_us)
+        if self._state is None:
+            self.height, self.width = frames.shape[1:]
+        elif frames.shape[1:] != (self.height, self.width):
+            raise SimulatorInputError(
+                f"frames have size (H, W) = {frames.shape[1:]}, but earlier blocks had {(self.height, self.width)}; "
+                "every frame must have the same size.")
+        elif not timestamps_us[0] > self._last_time:
+            raise SimulatorInputError(
+                f"timestamps_us must keep increasing across blocks: {timestamps_us[0]!r} follows {self._last_time!r}.")
+        log_frames = np.log(self.params.log_eps + frames.astype(np.float32)).astype(np.float32)
+        if self._state is None:
+            self._state = (jnp.asarray(log_frames[0]), jnp.full((self.height, self.width), -jnp.inf, jnp.float32),
+                           jnp.asarray(log_frames[0]))
+            self._pending_frames = np.zeros((0, self.height, self.width), np.float32)
+            # The first frame only sets the state; pairs end at the following frames.
+            starts, ends, log_frames = timestamps_us[:-1], timestamps_us[1:], log_frames[1:]
+        else:
+            starts, ends = np.concatenate([[self._last_time], timestamps_us[:-1]]), timestamps_us
+        self._pending_frames = np.concatenate([self._pending_frames, log_frames])
+        self._pending_intervals = np.concatenate([self._pending_intervals, ends - starts])
+        self._pending_starts = np.concatenate([self._pending_starts, starts])
+        self.num_frames += len(timestamps_us)
+        self._last_time = timestamps_us[-1]
+        parts = []
+        segment = self.params.frame_pairs_per_call
+        while len(self._pending_starts) >= segment:
+            parts.append(self._run_segment(segment))
+        return self._stream(parts)
+
+    def finish(self) -> EventStream:
+        """Simulates the pending frame pairs and returns every event not returned yet."""
+        if self._finished:
+            raise SimulatorInputError("Simulator.finish called twice.")
+        self._finished = True
+        if self._state is None:
+            raise SimulatorInputError("Simulator.finish before any frames; push at least one frame.")
+        parts = [self._run_segment(len(self._pending_starts))] if len(self._pending_starts) else []
+        parts.append(self._held)
+        self._held = _empty_columns()
+        return self._stream(parts)
+
+    def _run_segment(self, real: int):
+        """Simulates the first `real` pending pairs (padded to one segment); returns the events now final."""
+        segment = self.params.frame_pairs_per_call
+        pad = segment - real
+        log_next = self._pending_frames[:real]
+        intervals = self._pending_intervals[:real]
+        starts = self._pending_starts[:real]
+        if pad:
+            # Copies of the last frame: no change, so no threshold events; their shot noise is discarded below.
+            # One compiled shape serves every segment. Only the last segment is padded (finish).
+            log_next = np.concatenate([log_next, np.repeat(log_next[-1:], pad, axis=0)])
+            intervals = np.concatenate([intervals, np.ones(pad)])
+        pair_indices = np.arange(self._next_pair, self._next_pair + segment, dtype=np.int32)
+        self._state, (times, polarities, valid, active, dropped) = _simulate_segment(
+            self._state, jnp.asarray(log_next), jnp.asarray(intervals.astype(np.float32)),
+            jnp.asarray(pair_indices), self.key, self.params)
+        self._pending_frames = self._pending_frames[real:]
+        self._pending_intervals = self._pending_intervals[real:]
+        self._pending_starts = self._pending_starts[real:]
+        self._next_pair += real
+
+        self.dropped += int(np.asarray(dropped)[:real].sum())
+        pair, y, x = np.nonzero(np.asarray(active)[:real])
+        slot_valid = np.asarray(valid)[pair, :, y, x]  # (pixels with events, slots)
+        event_pixel, _ = np.nonzero(slot_valid)
+        t = starts[pair[event_pixel]] + np.asarray(times)[pair, :, y, x][slot_valid].astype(np.float64)
+        p = np.asarray(polarities)[pair, :, y, x][slot_valid].astype(np.uint8)
+        x, y = x[event_pixel].astype(np.int32), y[event_pixel].astype(np.int32)
+        # Stable sort after the held events, which come from earlier pairs: ties keep pair, row-major pixel and
+        # crossing order, as one global sort would.
+        held_x, held_y, held_t, held_p = self._held
+        x, y, t, p = (np.concatenate([held_x, x]), np.concatenate([held_y, y]), np.concatenate([held_t, t]),
+                      np.concatenate([held_p, p]))
+        order = np.argsort(t, kind="stable")
+        x, y, t, p = x[order], y[order], t[order], p[order]
+        # Every later pair starts at the first pending start time (or the newest frame) and adds a time >= 0,
+        # so events up to it are final; the rest (float32 rounding past the pair's end) wait.
+        boundary = self._pending_starts[0] if len(self._pending_starts) else self._last_time
+        final = int(np.searchsorted(t, boundary, side="right"))
+        self._held = (x[final:], y[final:], t[final:], p[final:])
+        return x[:final], y[:final], t[:final], p[:final]
+
+    def _stream(self, parts) -> EventStream:
+        columns = [np.concatenate([part[i] for part in parts]) for i in range(4)] if parts else _empty_columns()
+        x, y, t, p = columns
+        return EventStream(x=x, y=y, t=t, p=p, height=self.height, width=self.width, source="simulator")
+
+
 def simulate_events_with_stats(frames, timestamps_us, params: SimulatorParams, key):
     """Simulates events from frames (T, H, W) in [0, 1] at timestamps_us (T,); returns (EventStream, dropped).
 
     `dropped` counts crossings and shot-noise events lost to `max_events_per_pixel_per_frame`.
     """
-    frames, timestamps_us = _check_inputs(frames, timestamps_us)
-    num_frames, height, width = frames.shape
-    log_frames = np.log(params.log_eps + frames.astype(np.float32)).astype(np.float32)
-    intervals_us = np.diff(timestamps_us)
-    segment = params.frame_pairs_per_call
-    num_pairs = num_frames - 1
-    # Pad to whole segments with copies of the last frame: no change, so no threshold events; their shot
-    # noise is discarded below. One compiled shape serves every segment.
-    padded_pairs = -(-num_pairs // segment) * segment
-    pad = padded_pairs - num_pairs
-    next_frames = np.concatenate([log_frames[1:], np.repeat(log_frames[-1:], pad, axis=0)])
-    padded_intervals = np.concatenate([intervals_us, np.ones(pad)]).astype(np.float32)
-    pair_indices = np.arange(padded_pairs, dtype=np.int32)
-
-    state = (jnp.asarray(log_frames[0]), jnp.full((height, width), -jnp.inf, jnp.float32),
-             jnp.asarray(log_frames[0]))
-    xs, ys, ts, ps = [], [], [], []
-    dropped_total = 0
-    for start in range(0, padded_pairs, segment):
-        stop = start + segment
-        state, (times, polarities, valid, active, dropped) = _simulate_segment(
-            state, jnp.asarray(next_frames[start:stop]), jnp.asarray(padded_intervals[start:stop]),
-            jnp.asarray(pair_indices[start:stop]), key, params)
-        real = min(stop, num_pairs) - start
-        dropped_total += int(np.asarray(dropped)[:real].sum())
-        pair, y, x = np.nonzero(np.asarray(active)[:real])
-        slot_valid = np.asarray(valid)[pair, :, y, x]  # (pixels with events, slots)
-        event_pixel, _ = np.nonzero(slot_valid)
-        ts.append(timestamps_us[start + pair[event_pixel]]
-                  + np.asarray(times)[pair, :, y, x][slot_valid].astype(np.float64))
-        ps.append(np.asarray(polarities)[pair, :, y, x][slot_valid].astype(np.uint8))
-        xs.append(x[event_pixel].astype(np.int32))
-        ys.append(y[event_pixel].astype(np.int32))
-    if xs:
-        t = np.concatenate(ts)
-        order = np.argsort(t, kind="stable")
-        x, y, t, p = (np.concatenate(xs)[order], np.concatenate(ys)[order], t[order],
-                      np.concatenate(ps)[order])
-    else:
-        x = y = np.zeros(0, np.int32)
-        t, p = np.zeros(0, np.float64), np.zeros(0, np.uint8)
-    stream = EventStream(x=x, y=y, t=t, p=p, height=height, width=width, source="simulator")
-    return stream, dropped_total
+    simulator = Simulator(params, key)
+    first = simulator.push(frames, timestamps_us)
+    stream = EventStream.concatenate([first, simulator.finish()])
+    return stream, simulator.dropped
 
 
 def simulate_events(frames, timestamps_us, params: SimulatorParams, key) -> EventStream:
