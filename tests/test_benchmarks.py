@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import common, event_reading, input_pipeline, pixelfade_protection, voxelization
+from anon_jax.models import e2vid
+from benchmarks import common, event_reading, input_pipeline, pixelfade_protection, video_round_trip, voxelization
 
 
 class ScriptedClock:
@@ -136,3 +137,20 @@ def test_event_reading_quick(tmp_path):
         assert rows[case]["peak_rss_MB"] >= rows["import only"]["peak_rss_MB"] * 0.9
     assert rows["anon_jax iter_windows"]["windows"] == 4  # 0.2 s at 50 ms per window
     assert record["meta"]["streaming_under_target"] is True
+
+
+def test_video_round_trip_quick(tmp_path):
+    # A small random reconstructor: this checks the simulate -> reconstruct -> compare path, not the quality
+    # (the closing note and BENCHMARKS.md quote a trained reconstructor's SSIM).
+    config = e2vid.e2vid_config(base_channels=4, num_encoders=2, num_residual_blocks=1)
+    variables = e2vid.E2VID(config).init(jax.random.key(0), jnp.zeros((1, 8, 8, config.num_bins)), None,
+                                         train=False)
+    e2vid.save_pretrained(tmp_path / "e2vid", config, variables)
+    video_round_trip.main(["--quick", "--checkpoint", str(tmp_path / "e2vid"), "--out", str(tmp_path),
+                           "--work_dir", str(tmp_path / "work")])
+    row = json.loads((tmp_path / "video_round_trip.json").read_text())["rows"][0]
+    assert row["video"] == "12 frames 96x64 @ 30 fps" and row["windows"] >= 4
+    assert row["compared"] == row["windows"] - 3  # --skip 5 is capped at a quarter of the 12 frames
+    assert -1 < row["ssim"] < 1 and -1 < row["ssim_mid_gray"] < 1 and positive(row["psnr"])
+    frames = sorted((tmp_path / "work" / "frames").glob("frame_*.png"))
+    assert len(frames) == row["windows"]
