@@ -19,8 +19,8 @@ import numpy as np
 
 from anon_jax.data.event_reid import partition_stream
 from anon_jax.events import EventFormatError, chunk_voxel_grid
-from anon_jax.events.container import TIME_UNITS, MissingDependencyError
-from anon_jax.events.formats import read_stream
+from anon_jax.events.container import MissingDependencyError
+from anon_jax.events.formats import add_event_file_arguments, read_stream
 from anon_jax.files import atomic_target
 from anon_jax.models import anonymizer as anonymizer_lib
 from anon_jax.progress import ProgressBar
@@ -90,11 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m anon_jax.anonymize", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="main-job workdir (uses its anonymizer/ folder) or a "
                         "directory written by anon_jax.models.anonymizer.save_pretrained")
-    parser.add_argument("--events", required=True, help="event file in any supported format: text `t x y p` "
-                        "(Event-ReId events.txt or chunk, optional `width height` row), Prophesee RAW/DAT, AEDAT 4, "
-                        "HDF5 DSEC/MVSEC, npy/npz, ROS bag")
-    parser.add_argument("--time_unit", choices=sorted(TIME_UNITS), help="convert a text file's times from this unit "
-                        "to microseconds (default: keep the file's unit; binary formats are microseconds)")
+    add_event_file_arguments(parser)
     parser.add_argument("--out", required=True, help=".npz to write: voxels, t_start, t_end, num_events, bbox, "
                         "chunk_index (replaced atomically if it exists)")
     parser.add_argument("--batch_size", type=int, default=64, help="windows anonymised per jitted call (default 64)")

@@ -19,8 +19,8 @@ from PIL import Image
 
 from anon_jax.files import atomic_directory
 from anon_jax.events import EventFormatError
-from anon_jax.events.container import TIME_UNITS, MissingDependencyError
-from anon_jax.events.formats import read_stream
+from anon_jax.events.container import MissingDependencyError
+from anon_jax.events.formats import add_event_file_arguments, read_stream
 from anon_jax.events.windows import fixed_count_windows, fixed_duration_windows
 from anon_jax.models import e2vid
 from anon_jax.models.e2vid_postprocess import IntensityRescaler, reconstruct_stream
@@ -37,11 +37,7 @@ def sensor_size_flag(text: str) -> tuple[int, int]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m anon_jax.reconstruct", description=__doc__.splitlines()[0])
-    parser.add_argument("--events", required=True, help="event file in any supported format (text `t x y p` with "
-                        "an optional `width height` row, Prophesee RAW/DAT, AEDAT 4, HDF5 DSEC/MVSEC, npy/npz, ROS "
-                        "bag)")
-    parser.add_argument("--time_unit", choices=sorted(TIME_UNITS), help="convert a text file's times from this "
-                        "unit to microseconds (default: keep the file's own unit; binary formats are microseconds)")
+    add_event_file_arguments(parser)
     parser.add_argument("--checkpoint", required=True, help="reconstructor directory written by "
                         "anon_jax.models.e2vid.save_pretrained (converted official weights or a pretraining run)")
     parser.add_argument("--out", required=True, help="output folder for the frames, timestamps.txt and preview.gif")

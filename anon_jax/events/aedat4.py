@@ -32,6 +32,7 @@ import numpy as np
 
 from anon_jax.events.container import (
     EventFile,
+    check_max_events,
     find_problem,
     import_optional,
     merge_chunks,
@@ -39,7 +40,6 @@ from anon_jax.events.container import (
     raise_problem,
 )
 from anon_jax.events.stream import EventFormatError
-from anon_jax.validation import is_positive_int
 
 MAGIC = b"#!AER-DAT4.0\r\n"
 _COMPRESSIONS = {0: "none", 1: "lz4", 2: "lz4-high", 3: "zstd", 4: "zstd-high"}
@@ -198,9 +198,7 @@ def open_aedat4(path: str | os.PathLike, *, sensor_size=None, time_unit=None,
     width, height = stated
 
     def chunks(max_events: int) -> Iterator[dict[str, np.ndarray]]:
-        if not is_positive_int(max_events):
-            raise EventFormatError(f"{path}: max_events must be a positive integer, got {max_events!r}.")
-        return merge_chunks(_stream_events(aedat, path, chosen, width, height), int(max_events))
+        return merge_chunks(_stream_events(aedat, path, chosen, width, height), check_max_events(max_events, path))
 
     details = {
         "stream_id": chosen,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from anon_jax.events.stream import EventFormatError, EventStream
+from anon_jax.validation import is_positive_int
 
 # Microseconds per unit; "us" is the canonical unit.
 TIME_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 1e-3}
@@ -82,6 +83,24 @@ def to_microseconds(values, time_unit: str, *, where: str) -> np.ndarray:
             f"{where}: time {values[bad[0]].item()!r} {time_unit} at event {bad[0]} is not finite, negative or too large "
             "for int64 microseconds.")
     return np.rint(scaled).astype(np.int64)
+
+
+def check_max_events(max_events, source: str) -> int:
+    """`max_events` as an int; EventFormatError naming `source` unless it is a positive integer."""
+    if not is_positive_int(max_events):
+        raise EventFormatError(f"{source}: max_events must be a positive integer, got {max_events!r}.")
+    return int(max_events)
+
+
+def header_int(value: str, *, source: str, where: str, field: str, minimum: int = 1) -> int:
+    """An integer field of a text header; EventFormatError naming the file, line and field otherwise."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise EventFormatError(f"{source}: {where}: {field} must be an integer, got {value!r}.") from None
+    if number < minimum:
+        raise EventFormatError(f"{source}: {where}: {field} must be at least {minimum}, got {number}.")
+    return number
 
 
 def find_problem(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, width: int | None,

@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from anon_jax.events.container import EventFile, find_problem, parse_sensor_size
+from anon_jax.events.container import EventFile, check_max_events, find_problem, header_int, parse_sensor_size
 from anon_jax.events.stream import EventFormatError
 
 __all__ = ["DAT_RECORD", "TIME_LOOP_US", "DatHeader", "open_dat", "read_dat_header"]
@@ -63,16 +63,6 @@ class DatHeader:
     payload_offset: int
 
 
-def _header_int(value: str, *, source: str, where: str, field: str, minimum: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise EventFormatError(f"{source}: {where}: {field} must be an integer, got {value!r}.") from None
-    if number < minimum:
-        raise EventFormatError(f"{source}: {where}: {field} must be at least {minimum}, got {number}.")
-    return number
-
-
 def read_dat_header(path: str | os.PathLike, *, version: int | None = None) -> DatHeader:
     """Parse the header and the type/size bytes of a DAT file; `version` overrides the header's."""
     source = os.fspath(path)
@@ -104,16 +94,16 @@ def read_dat_header(path: str | os.PathLike, *, version: int | None = None) -> D
                 continue
             lines[key] = value
             if key == "Width":
-                width = _header_int(value, source=source, where=where, field="Width", minimum=1)
+                width = header_int(value, source=source, where=where, field="Width", minimum=1)
             elif key == "Height":
-                height = _header_int(value, source=source, where=where, field="Height", minimum=1)
+                height = header_int(value, source=source, where=where, field="Height", minimum=1)
             elif key == "Version":
                 if value not in ("1", "2", "2.0"):
                     raise EventFormatError(
                         f"{source}: {where}: unsupported DAT version {value!r} (expected 1 or 2).")
                 header_version = 1 if value == "1" else 2
             elif key in ("t0", "T0"):
-                t0 = _header_int(value, source=source, where=where, field="t0", minimum=0)
+                t0 = header_int(value, source=source, where=where, field="t0", minimum=0)
             elif key == "Data":
                 description = body
         has_header = line_no > 0
@@ -192,9 +182,7 @@ def open_dat(path: str | os.PathLike, *, sensor_size=None, time_unit=None, versi
     x_shift, x_mask, y_shift, y_mask, p_shift, p_mask = _BITS[header.version]
 
     def chunks(max_events: int):
-        if isinstance(max_events, bool) or not isinstance(max_events, (int, np.integer)) or max_events < 1:
-            raise EventFormatError(f"{source}: max_events must be a positive integer, got {max_events!r}.")
-        return _iterate(int(max_events))
+        return _iterate(check_max_events(max_events, source))
 
     def _iterate(max_events: int):
         if count == 0:

@@ -18,9 +18,11 @@ import numpy as np
 
 from anon_jax.events.container import (
     COLUMNS,
+    TIME_UNITS,
     EventFile,
     Events,
     canonical_columns,
+    check_max_events,
     find_problem,
     merge_chunks,
     parse_sensor_size,
@@ -118,8 +120,7 @@ def checked_chunks(opened: EventFile, max_events: int = DEFAULT_CHUNK_EVENTS,
 
     `sensor_size` (width, height) replaces an unknown file size for the coordinate check.
     """
-    if not is_positive_int(max_events):
-        raise EventFormatError(f"max_events must be a positive integer, got {max_events!r}.")
+    check_max_events(max_events, opened.path)
     width, height = opened.sensor_size or sensor_size or (None, None)
     index, previous = 0, None
     for chunk in opened.chunks(int(max_events)):
@@ -244,6 +245,15 @@ def read_stream(path: str | os.PathLike, *, sensor_size: tuple[int, int] | None 
     if crop_unsized and not stated and len(stream):
         stream = stream.bbox_shifted()
     return stream
+
+
+def add_event_file_arguments(parser) -> None:
+    """The --events and --time_unit flags of the commands that read a recording (see `read_stream`)."""
+    parser.add_argument("--events", required=True, help="event file in any supported format: text `t x y p` "
+                        "(optional `width height` first row; Event-ReId chunks and events.txt), Prophesee RAW/DAT, "
+                        "AEDAT 4, HDF5 DSEC/MVSEC, npy/npz, ROS bag")
+    parser.add_argument("--time_unit", choices=sorted(TIME_UNITS), help="convert a text file's times from this unit "
+                        "to microseconds (default: keep the file's own unit; binary formats are microseconds)")
 
 
 def open_writer(path: str | os.PathLike, *, sensor_size: tuple[int, int], time_unit: str = "us"):

@@ -26,8 +26,17 @@ from collections.abc import Iterator
 import h5py
 import numpy as np
 
-from anon_jax.events.container import (EventFile, Events, check_time_unit, find_problem, import_optional,
-                                       parse_sensor_size, raise_problem, to_microseconds)
+from anon_jax.events.container import (
+    EventFile,
+    Events,
+    check_max_events,
+    check_time_unit,
+    find_problem,
+    import_optional,
+    parse_sensor_size,
+    raise_problem,
+    to_microseconds,
+)
 from anon_jax.events.stream import EventFormatError
 from anon_jax.files import atomic_target
 
@@ -108,12 +117,6 @@ def _open_file(path: str) -> h5py.File:
         raise
     except OSError as error:
         raise EventFormatError(f"{path}: not a readable HDF5 file ({error}).") from error
-
-
-def _check_max_events(max_events) -> int:
-    if isinstance(max_events, bool) or not isinstance(max_events, (int, np.integer)) or max_events < 1:
-        raise EventFormatError(f"max_events must be a positive integer, got {max_events!r}.")
-    return int(max_events)
 
 
 def _sensor_from_attributes(path: str, attrs) -> tuple[int, int] | None:
@@ -255,7 +258,7 @@ def _open_dsec(path: str, file: h5py.File, sensor_size) -> EventFile:
     has_index = index is not None
 
     def chunks(max_events: int) -> Iterator[dict[str, np.ndarray]]:
-        max_events = _check_max_events(max_events)
+        max_events = check_max_events(max_events, path)
         return _dsec_chunks(path, max_events, count, t_offset, has_index, width, height)
 
     return EventFile(path=path, format="hdf5-dsec", sensor_size=size, chunks=chunks, time_unit="us",
@@ -387,7 +390,7 @@ def _open_mvsec(path: str, file: h5py.File, sensor_size, camera: str) -> EventFi
                "default: DAVIS346 (346x260); MVSEC files do not store it"}
 
     def chunks(max_events: int) -> Iterator[dict[str, np.ndarray]]:
-        max_events = _check_max_events(max_events)
+        max_events = check_max_events(max_events, path)
         return _mvsec_chunks(path, name, max_events, count, size)
 
     return EventFile(path=path, format="hdf5-mvsec", sensor_size=size, chunks=chunks, time_unit="s",

@@ -25,6 +25,7 @@ from anon_jax.events.container import (
     COLUMNS,
     TIME_UNITS,
     EventFile,
+    check_max_events,
     check_time_unit,
     find_problem,
     parse_sensor_size,
@@ -279,9 +280,7 @@ def open_numpy(path: str | os.PathLike, *, sensor_size=None, time_unit=None, col
         return {name: block[:, where_of[name]] for name in COLUMNS}
 
     def chunks(max_events: int):
-        if isinstance(max_events, bool) or not isinstance(max_events, (int, np.integer)) or max_events < 1:
-            raise EventFormatError(f"{source}: max_events must be a positive integer, got {max_events!r}.")
-        return _iterate(int(max_events))
+        return _iterate(check_max_events(max_events, source))
 
     def _iterate(max_events: int):
         if count == 0:

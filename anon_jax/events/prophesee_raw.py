@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from anon_jax.events.container import COLUMNS, DTYPES, EventFile, parse_sensor_size
+from anon_jax.events.container import COLUMNS, DTYPES, EventFile, header_int, parse_sensor_size
 from anon_jax.events.evt3 import Evt3Decoder
 from anon_jax.events.stream import EventFormatError
 
@@ -78,16 +78,6 @@ class RawHeader:
     def word_size(self) -> int:
         """Bytes per payload word."""
         return _WORD_SIZE[self.format]
-
-
-def _parse_int(value: str, *, source: str, where: str, field: str, minimum: int = 1) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise EventFormatError(f"{source}: {where}: {field} must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise EventFormatError(f"{source}: {where}: {field} must be at least {minimum}, got {number}")
-    return number
 
 
 def _merge_size(current: tuple[int | None, int | None], new: tuple[int, int], *, source: str,
@@ -154,8 +144,8 @@ def read_raw_header(path: str | os.PathLike) -> RawHeader:
                 if "width" in opts or "height" in opts:
                     if "width" not in opts or "height" not in opts:
                         raise EventFormatError(f"{source}: {where}: format gives only one of width/height")
-                    new = (_parse_int(opts["width"], source=source, where=where, field="width"),
-                           _parse_int(opts["height"], source=source, where=where, field="height"))
+                    new = (header_int(opts["width"], source=source, where=where, field="width"),
+                           header_int(opts["height"], source=source, where=where, field="height"))
                     size = _merge_size(size, new, source=source, where=where)
                 if "endianness" in opts:
                     endianness = opts["endianness"].lower()
@@ -181,8 +171,8 @@ def read_raw_header(path: str | os.PathLike) -> RawHeader:
                 w, sep, h = value.lower().partition("x")
                 if not sep:
                     raise EventFormatError(f"{source}: {where}: geometry must look like WIDTHxHEIGHT")
-                new = (_parse_int(w, source=source, where=where, field="width"),
-                       _parse_int(h, source=source, where=where, field="height"))
+                new = (header_int(w, source=source, where=where, field="width"),
+                       header_int(h, source=source, where=where, field="height"))
                 size = _merge_size(size, new, source=source, where=where)
     if fmt is None:
         raise EventFormatError(
@@ -358,7 +348,7 @@ def open_raw(path: str | os.PathLike, *, sensor_size: tuple[int, int] | None = N
             raise EventFormatError(f"evt21_layout must be 'legacy' or 'little', got {evt21_layout!r}")
         layout = evt21_layout
     # faery's `% t0` line: it wrote times minus t0 (its zero_t0 option) and adds t0 back on reading, as we do.
-    t0 = _parse_int(header.lines["t0"], source=source, where="header line '% t0'", field="t0", minimum=0) \
+    t0 = header_int(header.lines["t0"], source=source, where="header line '% t0'", field="t0", minimum=0) \
         if "t0" in header.lines else 0
     word_size = header.word_size
     n_words, rest = divmod(os.path.getsize(source) - header.payload_offset, word_size)

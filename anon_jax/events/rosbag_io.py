@@ -27,11 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from anon_jax.events.container import merge_chunks
-from anon_jax.events.container import (EventFile, find_problem, import_optional, parse_sensor_size, raise_problem,
-                                       to_microseconds)
+from anon_jax.events.container import (
+    EventFile,
+    check_max_events,
+    find_problem,
+    import_optional,
+    merge_chunks,
+    parse_sensor_size,
+    raise_problem,
+    to_microseconds,
+)
 from anon_jax.events.stream import EventFormatError
-from anon_jax.validation import is_positive_int
 
 PACKAGES = ("dvs_msgs", "prophesee_event_msgs")
 EVENT_TYPES = tuple(f"{package}/msg/EventArray" for package in PACKAGES)
@@ -235,9 +241,7 @@ def open_rosbag(path: str | os.PathLike, *, sensor_size=None, time_unit=None, to
                 yield columns
 
     def chunks(max_events: int) -> Iterator[dict[str, np.ndarray]]:
-        if not is_positive_int(max_events):
-            raise EventFormatError(f"{path}: max_events must be a positive integer, got {max_events!r}.")
-        return merge_chunks(events(), int(max_events))
+        return merge_chunks(events(), check_max_events(max_events, path))
 
     details = {"topic": chosen, "message_type": topics[chosen], "messages": count, "topics": topics, "ros2": ros2}
     return EventFile(path=path, format="rosbag", sensor_size=size, chunks=chunks, time_unit="us", details=details)
