@@ -308,3 +308,9 @@ def test_our_evt3_decoding_matches_the_evt3_library(tmp_path):
     got = events.read(path)
     for name, values in zip("txyp", (reference.t, reference.x, reference.y, reference.p)):
         np.testing.assert_array_equal(getattr(got, name), np.asarray(values), err_msg=name)
+
+
+def test_reader_options_must_apply_to_the_format(tmp_path):
+    path = _write(tmp_path / "e.txt", "1 0 0 1\n")
+    with pytest.raises(EventFormatError, match=r"e\.txt: option\(s\) \['columns'\] do not apply to text files"):
+        events.read(path, time_unit="us", columns="txyp")
