@@ -314,3 +314,25 @@ def test_reader_options_must_apply_to_the_format(tmp_path):
     path = _write(tmp_path / "e.txt", "1 0 0 1\n")
     with pytest.raises(EventFormatError, match=r"e\.txt: option\(s\) \['columns'\] do not apply to text files"):
         events.read(path, time_unit="us", columns="txyp")
+
+
+def test_time_order_clamp_raises_jittered_times_and_reports_them(tmp_path, capsys):
+    # EVT 2.0 readout jitter: two events a few microseconds earlier than the one before them.
+    t = np.array([10, 20, 17, 30, 28, 40], np.int64)
+    words = encode_evt2(t, [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0], [1, 0, 1, 0, 1, 0])
+    path = tmp_path / "jitter.raw"
+    path.write_bytes(header("EVT2;height=4;width=8") + words.astype("<u4").tobytes())
+    with pytest.raises(EventFormatError, match=r"jitter\.raw: event 2 \(0-based\): t=17 us is earlier"):
+        events.read(path)
+    for chunk in (1, 2, 100):
+        with pytest.warns(UserWarning, match=r"jitter\.raw: 2 event times were earlier .* raised"):
+            windows = list(events.iter_windows(path, num_events=4, chunk_events=chunk, time_order="clamp"))
+        np.testing.assert_array_equal(np.concatenate([w.t for w in windows]), [10, 20, 20, 30, 30, 40])
+    with pytest.warns(UserWarning):
+        np.testing.assert_array_equal(events.read(path, time_order="clamp").x, [1, 2, 3, 4, 5, 6])
+    with pytest.raises(EventFormatError, match="time_order must be one of"):
+        events.read(path, time_order="sort")
+    assert cli.main(["info", str(path), "--json"]) == 2
+    with pytest.warns(UserWarning):
+        assert cli.main(["info", str(path), "--json", "--clamp-times"]) == 0
+    assert json.loads(capsys.readouterr().out)["events"] == 6

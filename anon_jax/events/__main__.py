@@ -33,13 +33,14 @@ def sensor_size_flag(text: str) -> tuple[int, int]:
     return width, height
 
 
-def file_info(path: str, *, sensor_size=None, time_unit=None, chunk_events: int = DEFAULT_CHUNK_EVENTS) -> dict:
+def file_info(path: str, *, sensor_size=None, time_unit=None, chunk_events: int = DEFAULT_CHUNK_EVENTS,
+              time_order: str = "error") -> dict:
     """Format, sensor size, event count, first/last time, duration, rate and polarity counts of an event file."""
     opened = open_events(path, sensor_size=sensor_size, time_unit=time_unit)
     count = on = 0
     first = last = None
     max_x = max_y = -1
-    for columns in checked_chunks(opened, chunk_events, sensor_size):
+    for columns in checked_chunks(opened, chunk_events, sensor_size, time_order):
         n = len(columns["t"])
         if not n:
             continue
@@ -84,13 +85,13 @@ def print_info(info: dict) -> None:
 
 
 def convert(source: str, target: str, *, sensor_size=None, time_unit=None, out_time_unit: str = "us",
-            chunk_events: int = DEFAULT_CHUNK_EVENTS) -> int:
+            chunk_events: int = DEFAULT_CHUNK_EVENTS, time_order: str = "error") -> int:
     """Streams `source` into `target` (format by extension); returns the number of events written."""
     opened = open_events(source, sensor_size=sensor_size, time_unit=time_unit)
-    size = opened.sensor_size or sensor_size or bounding_size(opened, chunk_events)
+    size = opened.sensor_size or sensor_size or bounding_size(opened, chunk_events, time_order)
     count = 0
     with open_writer(target, sensor_size=size, time_unit=out_time_unit) as writer:
-        for columns in checked_chunks(opened, chunk_events, size):
+        for columns in checked_chunks(opened, chunk_events, size, time_order):
             writer.write(Events(**columns, width=size[0], height=size[1], source=opened.path))
             count += len(columns["t"])
     return count
@@ -108,6 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "it (default: the events' bounding box)")
         sub.add_argument("--chunk-events", type=int, default=DEFAULT_CHUNK_EVENTS,
                          help="events decoded per chunk (bounds memory)")
+        sub.add_argument("--clamp-times", action="store_true", help="raise a time earlier than the one before it to "
+                         "that time (readout jitter) instead of stopping with an error; the count is reported")
 
     info = commands.add_parser("info", help="format, sensor size, duration, count, rate, polarity balance")
     info.add_argument("file")
@@ -124,17 +127,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    time_order = "clamp" if args.clamp_times else "error"
     try:
         if args.command == "info":
             info = file_info(args.file, sensor_size=args.sensor_size, time_unit=args.time_unit,
-                             chunk_events=args.chunk_events)
+                             chunk_events=args.chunk_events, time_order=time_order)
             print(json.dumps(info)) if args.json else print_info(info)
             return 0
         if os.path.exists(args.output) and not args.overwrite:
             raise EventFormatError(f"{args.output} exists; pass --overwrite or another output path.")
         started = time.monotonic()
         count = convert(args.input, args.output, sensor_size=args.sensor_size, time_unit=args.time_unit,
-                        out_time_unit=args.out_time_unit, chunk_events=args.chunk_events)
+                        out_time_unit=args.out_time_unit, chunk_events=args.chunk_events, time_order=time_order)
         seconds = time.monotonic() - started
         print(f"convert: wrote {count:,} events to {args.output} in {seconds:.1f} s", file=sys.stderr)
         return 0

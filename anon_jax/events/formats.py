@@ -12,6 +12,7 @@ Writers: the interchange HDF5 (DSEC layout plus width/height attributes) for .h5
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -32,6 +33,7 @@ from anon_jax.events.stream import EventFormatError, EventStream
 from anon_jax.validation import is_positive_int
 
 DEFAULT_CHUNK_EVENTS = 1 << 20
+TIME_ORDERS = ("error", "clamp")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _EXTENSIONS = {
     ".raw": "raw", ".dat": "dat", ".txt": "text", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
@@ -115,16 +117,26 @@ def open_events(path: str | os.PathLike, *, sensor_size: tuple[int, int] | None 
 
 
 def checked_chunks(opened: EventFile, max_events: int = DEFAULT_CHUNK_EVENTS,
-                   sensor_size: tuple[int, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+                   sensor_size: tuple[int, int] | None = None,
+                   time_order: str = "error") -> Iterator[dict[str, np.ndarray]]:
     """The file's chunks as canonical columns, each checked against the sensor and the time order so far.
 
     `sensor_size` (width, height) replaces an unknown file size for the coordinate check.
+    time_order: "error" (default) rejects a time earlier than the one before it; "clamp" raises such a time to
+    the latest one seen, as faery does for sensors whose readout jitters by a few microseconds, and warns once
+    with the number of events changed.
     """
     check_max_events(max_events, opened.path)
+    if time_order not in TIME_ORDERS:
+        raise EventFormatError(f"time_order must be one of {TIME_ORDERS}, got {time_order!r}.")
     width, height = opened.sensor_size or sensor_size or (None, None)
-    index, previous = 0, None
+    index, previous, clamped = 0, None, 0
     for chunk in opened.chunks(int(max_events)):
         columns = canonical_columns(chunk, opened.path)
+        if time_order == "clamp" and len(columns["t"]):
+            t = np.maximum.accumulate(np.maximum(columns["t"], columns["t"][0] if previous is None else previous))
+            clamped += int(np.count_nonzero(t != columns["t"]))
+            columns["t"] = t
         problem = find_problem(columns["t"], columns["x"], columns["y"], columns["p"], width, height, previous)
         if problem is not None:
             raise_problem(problem, opened.path, index)
@@ -132,6 +144,9 @@ def checked_chunks(opened: EventFile, max_events: int = DEFAULT_CHUNK_EVENTS,
             index += len(columns["t"])
             previous = int(columns["t"][-1])
         yield columns
+    if clamped:
+        warnings.warn(f"{opened.path}: {clamped} event times were earlier than an event before them and were raised "
+                      "to its time (time_order='clamp').", stacklevel=2)
 
 
 def _events(columns: dict[str, np.ndarray], size: tuple[int, int], source: str) -> Events:
@@ -139,10 +154,10 @@ def _events(columns: dict[str, np.ndarray], size: tuple[int, int], source: str) 
                   source=source)
 
 
-def bounding_size(opened: EventFile, max_events: int) -> tuple[int, int]:
+def bounding_size(opened: EventFile, max_events: int, time_order: str = "error") -> tuple[int, int]:
     """(max x + 1, max y + 1) over the file, for files that state no sensor size (one streaming pass)."""
     width = height = 0
-    for columns in checked_chunks(opened, max_events):
+    for columns in checked_chunks(opened, max_events, time_order=time_order):
         if len(columns["t"]):
             width, height = max(width, int(columns["x"].max()) + 1), max(height, int(columns["y"].max()) + 1)
     if not width:
@@ -151,20 +166,21 @@ def bounding_size(opened: EventFile, max_events: int) -> tuple[int, int]:
 
 
 def read(path: str | os.PathLike, *, sensor_size: tuple[int, int] | None = None, time_unit: str | None = None,
-         **options) -> Events:
+         time_order: str = "error", **options) -> Events:
     """All events of an event file of any supported format (see the module doc).
 
     sensor_size: (width, height); needed only when the file does not state it (else the events' bounding box
     max x + 1, max y + 1 is used), and must agree with the file when it does.
     time_unit: the unit of files that do not state it (text: "s", "ms", "us" or "ns"; N x 4 NumPy arrays).
+    time_order: "error" or "clamp" for times that go backwards (see `checked_chunks`).
     options: reader options (see `open_events`).
     """
-    return read_opened(open_events(path, sensor_size=sensor_size, time_unit=time_unit, **options))
+    return read_opened(open_events(path, sensor_size=sensor_size, time_unit=time_unit, **options), time_order)
 
 
-def read_opened(opened: EventFile) -> Events:
+def read_opened(opened: EventFile, time_order: str = "error") -> Events:
     """All events of an opened file; the bounding box gives the sensor when the file states none."""
-    parts = list(checked_chunks(opened, DEFAULT_CHUNK_EVENTS))
+    parts = list(checked_chunks(opened, DEFAULT_CHUNK_EVENTS, time_order=time_order))
     columns = {name: np.concatenate([part[name] for part in parts]) if parts else np.zeros(0, dtype)
                for name, dtype in (("t", np.int64), ("x", np.uint16), ("y", np.uint16), ("p", np.uint8))}
     size = opened.sensor_size
@@ -177,7 +193,7 @@ def read_opened(opened: EventFile) -> Events:
 
 def iter_windows(path: str | os.PathLike, *, duration_us: int | None = None, num_events: int | None = None,
                  sensor_size: tuple[int, int] | None = None, time_unit: str | None = None,
-                 chunk_events: int = DEFAULT_CHUNK_EVENTS, **options) -> Iterator[Events]:
+                 chunk_events: int = DEFAULT_CHUNK_EVENTS, time_order: str = "error", **options) -> Iterator[Events]:
     """Streams an event file as consecutive windows, holding one window plus one read chunk in memory.
 
     Exactly one of:
@@ -185,6 +201,7 @@ def iter_windows(path: str | os.PathLike, *, duration_us: int | None = None, num
         come out empty, so window k always covers its interval; no window follows the last event's.
       num_events: windows of that many events; the last holds the remainder.
     A file without a stated sensor size takes `sensor_size`, else a first pass finds the bounding box.
+    time_order: "error" or "clamp" for times that go backwards (see `checked_chunks`).
     """
     if (duration_us is None) == (num_events is None):
         raise EventFormatError("iter_windows: pass exactly one of duration_us and num_events.")
@@ -193,8 +210,8 @@ def iter_windows(path: str | os.PathLike, *, duration_us: int | None = None, num
             raise EventFormatError(f"iter_windows: {name} must be a positive integer, got {value!r}.")
     opened = open_events(path, sensor_size=sensor_size, time_unit=time_unit, **options)
     size = opened.sensor_size or (parse_sensor_size(sensor_size, f"{opened.path}: sensor_size")
-                                  if sensor_size is not None else bounding_size(opened, chunk_events))
-    chunks = checked_chunks(opened, chunk_events, size)
+                                  if sensor_size is not None else bounding_size(opened, chunk_events, time_order))
+    chunks = checked_chunks(opened, chunk_events, size, time_order)
     if num_events is not None:
         for columns in merge_chunks(chunks, num_events):
             yield _events(columns, size, opened.path)
