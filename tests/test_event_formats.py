@@ -1,6 +1,8 @@
 """The event file entry point: container, unit conversion, RAW/text streaming, detection, windows, CLI."""
 
 import json
+import subprocess
+import sys
 
 import evt3
 import faery
@@ -336,3 +338,11 @@ def test_time_order_clamp_raises_jittered_times_and_reports_them(tmp_path, capsy
     with pytest.warns(UserWarning):
         assert cli.main(["info", str(path), "--json", "--clamp-times"]) == 0
     assert json.loads(capsys.readouterr().out)["events"] == 6
+
+
+def test_reading_files_does_not_import_jax():
+    # The readers and the info/convert command stay light (BENCHMARKS.md: 33 MB instead of JAX's 160-180 MB);
+    # the voxel functions still load on first use.
+    code = ("import sys, anon_jax.events as events, anon_jax.events.__main__; assert 'jax' not in sys.modules; "
+            "events.voxel_grid; assert 'jax' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
