@@ -13,6 +13,7 @@ from faery import aedat as faery_aedat
 from anon_jax.events.aedat4 import MAGIC, open_aedat4, read_io_header
 from anon_jax.events.container import merge_chunks
 from anon_jax.events.container import MissingDependencyError
+from tests.event_checks import read_all
 from anon_jax.events.stream import EventFormatError
 
 T0 = 1_700_000_000_123_456  # Unix-epoch microseconds, as DV writes them
@@ -73,15 +74,6 @@ def packet_layout(path, count):
         position += 8 + size
     return layout, position
 
-
-def read_all(opened, max_events=1 << 20):
-    chunks = list(opened.chunks(max_events))
-    for chunk in chunks:
-        assert {name: chunk[name].dtype for name in "txyp"} == {
-            "t": np.int64, "x": np.uint16, "y": np.uint16, "p": np.uint8}
-    if not chunks:
-        return {name: np.zeros(0) for name in "txyp"}
-    return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in "txyp"}
 
 
 def assert_same(columns, events):

@@ -7,7 +7,7 @@ import faery
 import numpy as np
 import pytest
 
-from anon_jax.events.container import DTYPES
+from tests.event_checks import assert_events, read_all
 from anon_jax.events.dat import TIME_LOOP_US, open_dat, read_dat_header
 from anon_jax.events.stream import EventFormatError
 
@@ -50,22 +50,6 @@ def random_events(n, rng, width=WIDTH, height=HEIGHT, t_start=0, max_step=50):
             rng.integers(0, height, n).astype(np.uint16), rng.integers(0, 2, n).astype(np.uint8))
 
 
-def read_all(event_file, max_events=1 << 20):
-    chunks = list(event_file.chunks(max_events))
-    for chunk in chunks:
-        assert set(chunk) == {"t", "x", "y", "p"}
-        for name, values in chunk.items():
-            assert values.dtype == DTYPES[name], name
-    if not chunks:
-        return {name: np.zeros(0, DTYPES[name]) for name in DTYPES}
-    return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in DTYPES}
-
-
-def assert_events(got, t, x, y, p):
-    np.testing.assert_array_equal(got["t"], t)
-    np.testing.assert_array_equal(got["x"], x)
-    np.testing.assert_array_equal(got["y"], y)
-    np.testing.assert_array_equal(got["p"], p)
 
 
 def write(tmp_path, data, name="events.dat"):

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from anon_jax.events.container import DTYPES
+from tests.event_checks import assert_events, read_all
 from anon_jax.events.numpy_io import open_numpy
 from anon_jax.events.stream import EventFormatError
 
@@ -14,22 +14,6 @@ WIDTH, HEIGHT = 128, 128  # DVS128 (DVSGesture)
 TONIC_GESTURE = np.dtype([("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")])
 
 
-def read_all(event_file, max_events=1 << 20):
-    chunks = list(event_file.chunks(max_events))
-    for chunk in chunks:
-        assert set(chunk) == {"t", "x", "y", "p"}
-        for name, values in chunk.items():
-            assert values.dtype == DTYPES[name], name
-    if not chunks:
-        return {name: np.zeros(0, DTYPES[name]) for name in DTYPES}
-    return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in DTYPES}
-
-
-def assert_events(got, t, x, y, p):
-    np.testing.assert_array_equal(got["t"], t)
-    np.testing.assert_array_equal(got["x"], x)
-    np.testing.assert_array_equal(got["y"], y)
-    np.testing.assert_array_equal(got["p"], p)
 
 
 def random_events(n, seed=0):

@@ -12,6 +12,7 @@ from rosbags.rosbag2 import Writer as Writer2
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from anon_jax.events.container import MissingDependencyError
+from tests.event_checks import read_all
 from anon_jax.events.rosbag_io import decode_ros1_event_array, open_rosbag
 from anon_jax.events.stream import EventFormatError
 
@@ -80,13 +81,6 @@ def dvs_messages(messages, size=(346, 260), package="dvs_msgs", store=STORE, siz
 def concat(messages):
     return {key: np.concatenate([np.asarray(m[key], dtype=np.int64) for m in messages]) for key in messages[0]}
 
-
-def read_all(opened, max_events=1 << 20):
-    chunks = list(opened.chunks(max_events))
-    for chunk in chunks:
-        assert {name: chunk[name].dtype for name in "txyp"} == {
-            "t": np.int64, "x": np.uint16, "y": np.uint16, "p": np.uint8}
-    return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in "txyp"}
 
 
 def assert_same(columns, expected):
