@@ -109,8 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "it (default: the events' bounding box)")
         sub.add_argument("--chunk-events", type=int, default=DEFAULT_CHUNK_EVENTS,
                          help="events decoded per chunk (bounds memory)")
-        sub.add_argument("--clamp-times", action="store_true", help="raise a time earlier than the one before it to "
-                         "that time (readout jitter) instead of stopping with an error; the count is reported")
+        sub.add_argument("--clamp-times", action="store_true", help="Prophesee RAW files: raise a time earlier than "
+                         "the one before it to that time (readout jitter) instead of stopping with an error; the count "
+                         "is reported")
 
     info = commands.add_parser("info", help="format, sensor size, duration, count, rate, polarity balance")
     info.add_argument("file")

@@ -124,7 +124,8 @@ def checked_chunks(opened: EventFile, max_events: int = DEFAULT_CHUNK_EVENTS,
     `sensor_size` (width, height) replaces an unknown file size for the coordinate check.
     time_order: "error" (default) rejects a time earlier than the one before it; "clamp" raises such a time to
     the latest one seen, as faery does for sensors whose readout jitters by a few microseconds, and warns once
-    with the number of events changed.
+    with the number of events changed. Only the Prophesee RAW decoders leave the time order to this check; the
+    other readers check it while decoding and stop with their own positioned error either way.
     """
     check_max_events(max_events, opened.path)
     if time_order not in TIME_ORDERS:
